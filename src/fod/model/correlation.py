@@ -1,0 +1,213 @@
+"""Fused correlation attention: softmax attention, target divergence and entropy in row blocks.
+
+This is the fast path of spec sections 4 and 5. A direct implementation materialises, for every
+layer and branch, several ``batch x heads x L x L`` tensors (S, T, their logarithms, the two KL
+terms) and keeps them for the backward pass; on a CPU those passes over memory dominate the run
+time. Here the query rows are walked in blocks small enough to stay in cache; each block computes
+S, the separable target T, the symmetric KL and the entropy, and only per-row results and the
+small inputs are kept. The backward pass recomputes a block's S and T and applies the closed-form
+derivatives:
+
+    dDiv/dS = -(log(T+eps) - log(S+eps)) - (T - S) / (S + eps)
+    dDiv/dT =  (log(T+eps) - log(S+eps)) + (T - S) / (T + eps)
+    dEnt/dS = -log(S+eps) - S / (S + eps)
+
+Terms constant along a row vanish in the softmax backward and are left out of dS.
+``s_div_scale = -1`` reverses the gradient of Div on the attention side only: the minimax of
+spec section 5 in one backward pass (the target side keeps its sign).
+
+>>> q = torch.randn(8, 35, 4); k = torch.randn(8, 35, 4); v = torch.randn(8, 35, 4)
+>>> gy = torch.softmax(torch.randn(8, 35, 5), -1); gx = torch.softmax(torch.randn(8, 35, 7), -1)
+>>> out, div, ent = fused_correlation(q, k, v, gy, gx)
+>>> out.shape, div.shape, ent.shape
+(torch.Size([8, 35, 4]), torch.Size([8, 35]), torch.Size([8, 35]))
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+EPS = 1e-4
+# Elements of one (groups x rows x keys) block; about 2 MB in float32, so that the dozen
+# temporaries of a block stay in the last-level cache.
+BLOCK_ELEMENTS = 1 << 19
+
+
+def _rows_per_block(groups: int, keys: int, rows: int, block_elements: int) -> int:
+    return max(1, min(rows, block_elements // max(1, groups * keys)))
+
+
+def _target_block(gy: Tensor, gx: Tensor, maps: int) -> Tensor:
+    """T for a block of rows: (G, r, H) x (G, r, W) -> (G, r, maps * H * W), rows sum to 1."""
+    g, r, h = gy.shape
+    t = (gy.unsqueeze(-1) * gx.unsqueeze(-2)).reshape(g, r, h * gx.shape[-1])
+    if maps > 1:
+        t = t.div_(maps).repeat(1, 1, maps)
+    return t
+
+
+def _row_dot(a: Tensor, b: Tensor) -> Tensor:
+    """Sum over the last axis of a * b without materialising the product."""
+    g, r, n = a.shape
+    return torch.bmm(a.reshape(g * r, 1, n), b.reshape(g * r, n, 1)).reshape(g, r)
+
+
+class _FusedCorrelation(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        gy: Tensor,
+        gx: Tensor,
+        maps: int,
+        eps: float,
+        s_div_scale: float,
+        block_elements: int,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        groups, rows, _ = q.shape
+        keys = k.shape[1]
+        out = q.new_empty(groups, rows, v.shape[-1])
+        div = q.new_empty(groups, rows)
+        ent = q.new_empty(groups, rows)
+        kt = k.transpose(1, 2)
+        step = _rows_per_block(groups, keys, rows, block_elements)
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            s = torch.softmax(torch.bmm(q[:, r0:r1], kt), dim=-1)
+            out[:, r0:r1] = torch.bmm(s, v)
+            t = _target_block(gy[:, r0:r1], gx[:, r0:r1], maps)
+            log_s = torch.add(s, eps).log_()
+            ent[:, r0:r1] = _row_dot(s, log_s).neg_()
+            log_t = torch.add(t, eps).log_()
+            div[:, r0:r1] = _row_dot(t.sub_(s), log_t.sub_(log_s))
+        ctx.save_for_backward(q, k, v, gy, gx)
+        ctx.maps, ctx.eps, ctx.s_div_scale, ctx.step = maps, eps, s_div_scale, step
+        return out, div, ent
+
+    @staticmethod
+    def backward(ctx, g_out: Tensor | None, g_div: Tensor | None, g_ent: Tensor | None):
+        q, k, v, gy, gx = ctx.saved_tensors
+        maps, eps, step = ctx.maps, ctx.eps, ctx.step
+        groups, rows, _ = q.shape
+        height, width = gy.shape[-1], gx.shape[-1]
+        need_target = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
+        dq = torch.empty_like(q)
+        dk = torch.zeros_like(k)
+        dv = torch.zeros_like(v)
+        dgy = torch.zeros_like(gy) if need_target else None
+        dgx = torch.zeros_like(gx) if need_target else None
+        kt = k.transpose(1, 2)
+        vt = v.transpose(1, 2)
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            q_r = q[:, r0:r1]
+            s = torch.softmax(torch.bmm(q_r, kt), dim=-1)
+            if g_out is not None:
+                ds = torch.bmm(g_out[:, r0:r1], vt)
+                dv.add_(torch.bmm(s.transpose(1, 2), g_out[:, r0:r1]))
+            else:
+                ds = torch.zeros_like(s)
+            if g_div is not None or g_ent is not None:
+                s_eps = torch.add(s, eps)
+                log_s = torch.log(s_eps)
+                inv_s = s_eps.reciprocal_()
+                cd = None
+                if g_div is not None:
+                    t = _target_block(gy[:, r0:r1], gx[:, r0:r1], maps)
+                    t_eps = t.add_(eps)
+                    log_t = torch.log(t_eps)
+                    gd = g_div[:, r0:r1].unsqueeze(-1)
+                    if need_target:
+                        # dT = g (log T - log S + 1 - (S + eps) / (T + eps)); the + 1 matters
+                        # for T's factors when they are free inputs.
+                        ratio = torch.div(s, t_eps).add_(torch.div(eps, t_eps))
+                        dt = (log_t - log_s).add_(1.0).sub_(ratio).mul_(gd)
+                        dt = dt.view(groups, r1 - r0, maps, height, width).sum(2)
+                        if maps > 1:
+                            dt.div_(maps)
+                        dgy[:, r0:r1] = torch.matmul(dt, gx[:, r0:r1].unsqueeze(-1)).squeeze(-1)
+                        dgx[:, r0:r1] = torch.matmul(gy[:, r0:r1].unsqueeze(-2), dt).squeeze(-2)
+                    cd = gd * ctx.s_div_scale
+                    # dS (up to a row constant) = cd (log S - log T - (T + eps) / (S + eps))
+                    ds.add_(log_s * cd).sub_(log_t.mul_(cd)).sub_(t_eps.mul_(inv_s).mul_(cd))
+                if g_ent is not None:
+                    ce = g_ent[:, r0:r1].unsqueeze(-1)
+                    # dS (up to a row constant) = ce (-log S + eps / (S + eps))
+                    ds.sub_(log_s.mul_(ce)).add_(inv_s.mul_(ce * eps))
+            # Softmax backward: dlogits = S (dS - <dS, S>).
+            dlogits = ds.sub_(_row_dot(ds, s).unsqueeze(-1)).mul_(s)
+            dq[:, r0:r1] = torch.bmm(dlogits, k)
+            dk.add_(torch.bmm(dlogits.transpose(1, 2), q_r))
+        return dq, dk, dv, dgy, dgx, None, None, None, None
+
+
+def fused_correlation(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gy: Tensor,
+    gx: Tensor,
+    maps: int = 1,
+    eps: float = EPS,
+    s_div_scale: float = 1.0,
+    block_elements: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Attention output, per-row Div(T, S) and per-row Ent(S) for grouped rows.
+
+    ``q``: (G, R, dh), already scaled by 1/sqrt(dh); ``k``, ``v``: (G, K, dh) with
+    ``K = maps * H * W``; ``gy``: (G, R, H); ``gx``: (G, R, W). Returns ``out`` (G, R, dh),
+    ``div`` (G, R) and ``ent`` (G, R).
+    """
+    block_elements = block_elements or BLOCK_ELEMENTS
+    keys = k.shape[1]
+    if keys != maps * gy.shape[-1] * gx.shape[-1]:
+        raise ValueError(
+            f"keys ({keys}) must equal maps * H * W = {maps} * {gy.shape[-1]} * {gx.shape[-1]}"
+        )
+    return _FusedCorrelation.apply(q, k, v, gy, gx, maps, eps, s_div_scale, block_elements)
+
+
+def correlation_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gy: Tensor,
+    gx: Tensor,
+    maps: int = 1,
+    eps: float = EPS,
+    s_div_scale: float = 1.0,
+    block_elements: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Batched multi-head form: q (B, h, L, dh), k and v (Bk, h, K, dh) with Bk in {1, B}.
+
+    A key set shared by the whole batch (Bk = 1, the inter branch's reference) is not copied
+    per image: the batch's rows are stacked under each head instead.
+    Returns out (B, h, L, dh), div (B, h, L), ent (B, h, L).
+    """
+    b, h, n, dh = q.shape
+    if k.shape[0] == 1 and b > 1:
+        qg = q.transpose(0, 1).reshape(h, b * n, dh)
+        gyg = gy.transpose(0, 1).reshape(h, b * n, gy.shape[-1])
+        gxg = gx.transpose(0, 1).reshape(h, b * n, gx.shape[-1])
+        out, div, ent = fused_correlation(
+            qg, k[0], v[0], gyg, gxg, maps, eps, s_div_scale, block_elements
+        )
+        out = out.reshape(h, b, n, -1).transpose(0, 1)
+        return out, div.reshape(h, b, n).transpose(0, 1), ent.reshape(h, b, n).transpose(0, 1)
+    k = k.expand(b, -1, -1, -1)
+    v = v.expand(b, -1, -1, -1)
+    out, div, ent = fused_correlation(
+        q.reshape(b * h, n, dh),
+        k.reshape(b * h, k.shape[2], dh),
+        v.reshape(b * h, v.shape[2], v.shape[3]),
+        gy.reshape(b * h, n, gy.shape[-1]),
+        gx.reshape(b * h, n, gx.shape[-1]),
+        maps,
+        eps,
+        s_div_scale,
+        block_elements,
+    )
+    return out.reshape(b, h, n, -1), div.reshape(b, h, n), ent.reshape(b, h, n)

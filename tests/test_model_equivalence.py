@@ -1,0 +1,104 @@
+"""The fast path against the direct transcription of the spec: values, gradients, scores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fod.model.correlation as correlation
+from fod.model import FODTransformer, LevelSpec, Variant, fod_objective, token_scores
+from fod.model.direct import direct_scores, direct_train_step
+
+# The eight rows of the paper's ablation table, plus the output projection and a Rec score.
+VARIANTS = {
+    "patch": Variant.patch_only(),
+    "intra_noent_div": Variant(inter=False, entropy=False, score="div"),
+    "intra_div": Variant(inter=False, score="div"),
+    "intra_recdiv": Variant(inter=False),
+    "inter_mean": Variant(intra=False),
+    "inter_coreset": Variant(intra=False, reference="coreset", coreset_size=3),
+    "both_div": Variant(score="div"),
+    "full": Variant(),
+    "full_outproj": Variant(output_projection=True),
+    "full_coreset_rec": Variant(reference="coreset", coreset_size=2, score="rec"),
+}
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def _compare(model: FODTransformer, features: torch.Tensor, tol: float) -> None:
+    variant, spec = model.variant, model.spec
+    model.zero_grad()
+    out = model(features)
+    terms = fod_objective(out, variant)
+    terms.total.backward()
+    fast_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    with torch.no_grad():
+        fast_scores = token_scores(model(features), variant, spec.height, spec.width)
+
+    model.zero_grad()
+    loss1, loss2 = direct_train_step(model, features)
+    direct_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    with torch.no_grad():
+        slow_scores = direct_scores(model, features)
+
+    assert terms.loss1 == pytest.approx(loss1, rel=tol)
+    assert terms.loss2 == pytest.approx(loss2, rel=tol)
+    assert fast_grads.keys() == direct_grads.keys()
+    # Every trainable parameter takes part in the objective.
+    assert set(direct_grads) == {n for n, p in model.named_parameters()}
+    # Key biases get a zero gradient in exact arithmetic (softmax ignores a per-row constant):
+    # judge those against the scale of the whole gradient instead of their own rounding noise.
+    floor = 1e-9 * torch.stack([g.norm() for g in direct_grads.values()]).norm()
+    for name, grad in direct_grads.items():
+        err = float((fast_grads[name] - grad).norm() / torch.maximum(grad.norm(), floor))
+        assert err < tol, f"{name}: relative gradient error {err:.2e}"
+    assert _relative_error(fast_scores, slow_scores) < tol
+    assert torch.allclose(fast_scores, slow_scores, rtol=tol, atol=tol * slow_scores.abs().max())
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("blocks", ["whole", "small"])
+def test_fast_path_matches_direct_transcription(name, blocks, monkeypatch):
+    """Odd, non-square 5x7 grid, float64; 'small' forces many row blocks per call."""
+    if blocks == "small":
+        monkeypatch.setattr(correlation, "BLOCK_ELEMENTS", 64)
+    torch.manual_seed(0)
+    variant = VARIANTS[name]
+    spec = LevelSpec(channels=6, height=5, width=7, d_model=16, heads=4, layers=2)
+    reference = torch.randn(variant.reference_maps, 6, 5, 7, dtype=torch.float64)
+    model = FODTransformer(spec, variant, reference).double()
+    # Spread the predicted scales over the whole range, tiny to 2 cells.
+    for layer in model.layers:
+        for att in (layer.intra, layer.inter):
+            if att is not None:
+                torch.nn.init.normal_(att.sigma.weight, std=0.5)
+    features = torch.randn(3, 6, 5, 7, dtype=torch.float64)
+    _compare(model, features, tol=1e-5)
+
+
+def test_realistic_size_matches_direct_transcription():
+    """The authors' stride-16 level at input 256: 16x16 tokens, C = 1024, d = 512, 8 heads."""
+    torch.manual_seed(1)
+    spec = LevelSpec(channels=1024, height=16, width=16, d_model=512, heads=8, layers=3)
+    reference = torch.randn(1, 1024, 16, 16, dtype=torch.float64)
+    model = FODTransformer(spec, Variant(), reference).double()
+    features = torch.randn(2, 1024, 16, 16, dtype=torch.float64)
+    _compare(model, features, tol=1e-5)
+
+
+def test_float32_fast_path_close_to_float64_direct():
+    """The float32 fast path used in practice stays close to the exact computation."""
+    torch.manual_seed(2)
+    spec = LevelSpec(channels=8, height=6, width=4, d_model=32, heads=4, layers=2)
+    reference = torch.randn(1, 8, 6, 4)
+    model32 = FODTransformer(spec, Variant(), reference)
+    model64 = FODTransformer(spec, Variant(), reference.double()).double()
+    model64.load_state_dict({k: v.double() for k, v in model32.state_dict().items()})
+    features = torch.randn(2, 8, 6, 4)
+    terms = fod_objective(model32(features), model32.variant)
+    loss1, loss2 = direct_train_step(model64, features.double())
+    assert terms.loss1 == pytest.approx(loss1, rel=1e-4)
+    assert terms.loss2 == pytest.approx(loss2, rel=1e-4)
