@@ -1,7 +1,7 @@
 """The switches of the paper's ablation table (spec section 8) and the sizes of one level.
 
->>> Variant()                       # the full model: patch + intra + inter, entropy, mean, Rec & Div
->>> Variant.patch_only()            # patch-wise reconstruction alone, score Rec
+>>> Variant()               # the full model: patch + intra + inter, entropy, mean, Rec & Div
+>>> Variant.patch_only()    # patch-wise reconstruction alone, score Rec
 >>> LevelSpec(channels=48, height=32, width=32, d_model=256)
 """
 
