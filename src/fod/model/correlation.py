@@ -48,9 +48,8 @@ def _target_block(gy: Tensor, gx: Tensor, maps: int) -> Tensor:
 
 
 def _row_dot(a: Tensor, b: Tensor) -> Tensor:
-    """Sum over the last axis of a * b without materialising the product."""
-    g, r, n = a.shape
-    return torch.bmm(a.reshape(g * r, 1, n), b.reshape(g * r, n, 1)).reshape(g, r)
+    """Sum over the last axis of a * b."""
+    return torch.linalg.vecdot(a, b)
 
 
 class _FusedCorrelation(torch.autograd.Function):
@@ -93,7 +92,7 @@ class _FusedCorrelation(torch.autograd.Function):
         maps, eps, step = ctx.maps, ctx.eps, ctx.step
         groups, rows, _ = q.shape
         height, width = gy.shape[-1], gx.shape[-1]
-        need_target = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
+        need_target = g_div is not None and (ctx.needs_input_grad[3] or ctx.needs_input_grad[4])
         dq = torch.empty_like(q)
         dk = torch.zeros_like(k)
         dv = torch.zeros_like(v)
@@ -107,40 +106,47 @@ class _FusedCorrelation(torch.autograd.Function):
             s = torch.softmax(torch.bmm(q_r, kt), dim=-1)
             if g_out is not None:
                 ds = torch.bmm(g_out[:, r0:r1], vt)
-                dv.add_(torch.bmm(s.transpose(1, 2), g_out[:, r0:r1]))
+                dv.baddbmm_(s.transpose(1, 2), g_out[:, r0:r1])
             else:
                 ds = torch.zeros_like(s)
             if g_div is not None or g_ent is not None:
                 s_eps = torch.add(s, eps)
                 log_s = torch.log(s_eps)
-                inv_s = s_eps.reciprocal_()
-                cd = None
-                if g_div is not None:
-                    t = _target_block(gy[:, r0:r1], gx[:, r0:r1], maps)
-                    t_eps = t.add_(eps)
+                gd = g_div[:, r0:r1].unsqueeze(-1) if g_div is not None else None
+                ge = g_ent[:, r0:r1].unsqueeze(-1) if g_ent is not None else None
+                if gd is not None:
+                    t_eps = _target_block(gy[:, r0:r1], gx[:, r0:r1], maps).add_(eps)
                     log_t = torch.log(t_eps)
-                    gd = g_div[:, r0:r1].unsqueeze(-1)
                     if need_target:
                         # dT = g (log T - log S + 1 - (S + eps) / (T + eps)); the + 1 matters
-                        # for T's factors when they are free inputs.
-                        ratio = torch.div(s, t_eps).add_(torch.div(eps, t_eps))
-                        dt = (log_t - log_s).add_(1.0).sub_(ratio).mul_(gd)
-                        dt = dt.view(groups, r1 - r0, maps, height, width).sum(2)
-                        if maps > 1:
-                            dt.div_(maps)
-                        dgy[:, r0:r1] = torch.matmul(dt, gx[:, r0:r1].unsqueeze(-1)).squeeze(-1)
-                        dgx[:, r0:r1] = torch.matmul(gy[:, r0:r1].unsqueeze(-2), dt).squeeze(-2)
-                    cd = gd * ctx.s_div_scale
-                    # dS (up to a row constant) = cd (log S - log T - (T + eps) / (S + eps))
-                    ds.add_(log_s * cd).sub_(log_t.mul_(cd)).sub_(t_eps.mul_(inv_s).mul_(cd))
-                if g_ent is not None:
-                    ce = g_ent[:, r0:r1].unsqueeze(-1)
-                    # dS (up to a row constant) = ce (-log S + eps / (S + eps))
-                    ds.sub_(log_s.mul_(ce)).add_(inv_s.mul_(ce * eps))
-            # Softmax backward: dlogits = S (dS - <dS, S>).
-            dlogits = ds.sub_(_row_dot(ds, s).unsqueeze(-1)).mul_(s)
+                        # when T's factors are free inputs.
+                        dt = (log_t - log_s).add_(1.0).sub_(s_eps / t_eps).mul_(gd)
+                        dt = dt.view(groups, r1 - r0, maps, height, width)
+                        dt = dt.sum(2).div_(maps) if maps > 1 else dt[:, :, 0]
+                        dgy[:, r0:r1] = torch.linalg.vecdot(dt, gx[:, r0:r1].unsqueeze(-2))
+                        dgx[:, r0:r1] = (dt * gy[:, r0:r1].unsqueeze(-1)).sum(-2)
+                inv_s = s_eps.reciprocal_()
+                # dS, up to a per-row constant (which the softmax backward removes):
+                #   cd (log S - log T - (T + eps) / (S + eps)) + ce (-log S + eps / (S + eps))
+                # with cd = g_div * s_div_scale and ce = g_ent.
+                cd = gd * ctx.s_div_scale if gd is not None else None
+                coef_log_s = (
+                    cd - ge
+                    if (cd is not None and ge is not None)
+                    else (cd if cd is not None else -ge)
+                )
+                ds.addcmul_(log_s, coef_log_s.expand_as(log_s))
+                if cd is not None:
+                    ds.addcmul_(log_t, cd.expand_as(log_t), value=-1.0)
+                    weight = t_eps.mul_(cd)
+                    if ge is not None:
+                        weight.sub_(ge * eps)
+                else:
+                    weight = (-eps * ge).expand_as(inv_s)
+                ds.addcmul_(inv_s, weight, value=-1.0)
+            dlogits = torch._softmax_backward_data(ds, s, -1, s.dtype)
             dq[:, r0:r1] = torch.bmm(dlogits, k)
-            dk.add_(torch.bmm(dlogits.transpose(1, 2), q_r))
+            dk.baddbmm_(dlogits.transpose(1, 2), q_r)
         return dq, dk, dv, dgy, dgx, None, None, None, None
 
 
