@@ -1,1 +1,27 @@
-"""training"""
+"""Training: backbone features computed once (and cached), the training loop with resume, and
+model files."""
+
+from fod.training.checkpoint import (
+    MODEL_FORMAT,
+    MODEL_VERSION,
+    load_model_file,
+    read_model_file,
+    save_model_file,
+)
+from fod.training.features import FeatureCache, extract_features, feature_key
+from fod.training.trainer import TrainResult, build_models, read_state, train
+
+__all__ = [
+    "MODEL_FORMAT",
+    "MODEL_VERSION",
+    "FeatureCache",
+    "TrainResult",
+    "build_models",
+    "extract_features",
+    "feature_key",
+    "load_model_file",
+    "read_model_file",
+    "read_state",
+    "save_model_file",
+    "train",
+]

@@ -1,0 +1,304 @@
+"""Model files: one ``.pt`` holding everything needed to score images again.
+
+A model file is a dict of plain data (tensors, numbers, strings, lists, dicts), written
+atomically and read with ``torch.load(weights_only=True)``: opening a model file someone sent
+you can never run code. It holds the format name and version, the config, the backbone's
+description (the backbone's own weights are not copied: they are rebuilt from the same offline
+source), each level's :class:`~fod.model.LevelSpec` and state dict (with its reference
+features), the decision threshold and the training-score statistics used to colour heat maps,
+the training history, and the fod version that wrote it.
+
+Every way a file can fail to load ends in a :class:`~fod.errors.CheckpointError` that names
+the file and what to do about it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fod.backbone import FeatureExtractor, create_backbone
+from fod.config import SIGNATURE_KEYS, FODConfig
+from fod.errors import CheckpointError
+from fod.io import load_tensors, save_tensors
+from fod.model import FODTransformer, LevelSpec
+
+MODEL_FORMAT = "fod-model"
+MODEL_VERSION = 1
+_BACKBONE_KEYS = ("name", "layers", "channels", "strides")
+
+
+def _plain(obj: Any) -> Any:
+    """Only types ``weights_only`` loading accepts: numpy and paths become Python values."""
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj)
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in a model file")
+
+
+def _fod_version() -> str:
+    from fod import __version__
+
+    return __version__
+
+
+def save_model_file(
+    path: str | Path,
+    config: FODConfig,
+    backbone: FeatureExtractor | Mapping[str, Any],
+    levels: Sequence[FODTransformer],
+    *,
+    threshold: float,
+    stats: Mapping[str, Any] | None = None,
+    history: Sequence[Mapping[str, Any]] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a model file atomically; ``stats`` are the normal-score statistics (see
+    :class:`fod.api.FOD`), ``extra`` any further plain data to keep."""
+    describe = backbone.describe() if isinstance(backbone, FeatureExtractor) else dict(backbone)
+    payload = {
+        "format": MODEL_FORMAT,
+        "version": MODEL_VERSION,
+        "fod_version": _fod_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": config.to_dict(),
+        "backbone": describe,
+        "levels": [
+            {
+                "spec": m.spec.to_dict(),
+                "state_dict": {k: v.detach().cpu() for k, v in m.state_dict().items()},
+            }
+            for m in levels
+        ],
+        "threshold": float(threshold),
+        "stats": dict(stats or {}),
+        "history": list(history or []),
+        "extra": dict(extra or {}),
+    }
+    return save_tensors(path, _plain(payload))
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+_IMAGE_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _why(path: Path, exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in words, with the fix."""
+    text = str(exc)
+    if "Unsupported global" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        name = f" ({found.group(1)})" if found else ""
+        return (
+            f"it holds pickled Python objects{name}, which fod "
+            "never loads because they could run code. Use a file written by `fod train` or "
+            "FOD.save()."
+        )
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        head = b""
+    if head.startswith(_IMAGE_SIGNATURES):
+        return (
+            "it is an image, not a model file. The model file comes first: "
+            "`fod test MODEL DATA`, `fod predict MODEL IMAGES...`."
+        )
+    if not head:
+        return "the file is empty (an interrupted copy?). Copy it again or retrain."
+    return (
+        f"it is not a fod model file, or it is damaged, e.g. truncated by an interrupted copy "
+        f"({type(exc).__name__}). Copy it again, or retrain with `fod train`."
+    )
+
+
+def read_model_file(path: str | Path) -> dict[str, Any]:
+    """The raw dict of a model file, checked for format and version (no models built)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(
+            f"{path}: model file not found. Check the path, or train one with "
+            f"`fod train DATA --out {path}`."
+        )
+    if not path.is_file():
+        raise CheckpointError(f"{path}: is a folder, not a model file. Give the .pt file.")
+    try:
+        data = load_tensors(path)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read this model file: {_why(path, exc)}") from exc
+    if isinstance(data, dict) and data.get("format") == "fod-train-state":
+        raise CheckpointError(
+            f"{path}: this is a training state (an unfinished run), not a model file. Finish "
+            "training with `fod train DATA --out MODEL.pt --resume`."
+        )
+    if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
+        raise CheckpointError(
+            f"{path}: not a fod model file (no '{MODEL_FORMAT}' format marker). Give a file "
+            "written by `fod train` or FOD.save()."
+        )
+    version = data.get("version")
+    if version != MODEL_VERSION:
+        newer = isinstance(version, int) and version > MODEL_VERSION
+        fix = "Upgrade fod" if newer else "Retrain the model with this fod"
+        raise CheckpointError(
+            f"{path}: model file format version {version!r} (written by fod "
+            f"{data.get('fod_version', '?')}); this fod ({_fod_version()}) reads version "
+            f"{MODEL_VERSION}. {fix}."
+        )
+    for key in ("config", "backbone", "levels"):
+        if key not in data:
+            raise CheckpointError(f"{path}: model file has no '{key}' entry; it is corrupt.")
+    return data
+
+
+def _check_requested(path: Path, config: FODConfig, requested: Any) -> None:
+    if requested is None:
+        return
+    if isinstance(requested, FODConfig):
+        diff = config.differences(requested, SIGNATURE_KEYS)
+    else:
+        wanted = {k: v for k, v in dict(requested).items() if v is not None}
+        diff = config.differences(wanted)
+    if diff:
+        detail = "; ".join(
+            f"{key}: model has {stored!r}, requested {asked!r}"
+            for key, (stored, asked) in diff.items()
+        )
+        names = ", ".join(diff)
+        raise CheckpointError(
+            f"{path}: the model was made with another configuration ({detail}). Leave out "
+            f"{names} (the model file sets these), or train a model with these settings."
+        )
+
+
+def _check_backbone(path: Path, stored: Mapping[str, Any], backbone: FeatureExtractor) -> None:
+    now = backbone.describe()
+    wrong = [k for k in _BACKBONE_KEYS if k in stored and _listed(stored[k]) != _listed(now[k])]
+    if wrong:
+        detail = "; ".join(f"{k}: file {stored[k]!r}, now {now[k]!r}" for k in wrong)
+        raise CheckpointError(
+            f"{path}: the backbone built from the model's config differs from the one it was "
+            f"trained with ({detail}). Install the fod and backbone versions it was made with, "
+            "or retrain."
+        )
+    if stored.get("weights") != now.get("weights"):
+        warnings.warn(
+            f"{path}: backbone weights were {stored.get('weights')!r} at training, now "
+            f"{now.get('weights')!r}; scores may differ slightly",
+            stacklevel=3,
+        )
+
+
+def _listed(value: Any) -> Any:
+    """Tuples and lists compare equal."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _build_levels(
+    path: Path, config: FODConfig, entries: Any, grid: list[tuple[int, int]] | None
+) -> list[FODTransformer]:
+    if not isinstance(entries, list) or len(entries) != config.num_levels:
+        count = len(entries) if isinstance(entries, list) else 0
+        raise CheckpointError(
+            f"{path}: model file has weights for {count} level(s) but its config has d_model "
+            f"{list(config.d_model)} ({config.num_levels} levels); the file is corrupt."
+        )
+    levels = []
+    for i, entry in enumerate(entries):
+        try:
+            spec = LevelSpec.from_dict(entry["spec"])
+            expected = (config.d_model[i], config.heads, config.num_layers, config.ffn_ratio)
+            got = (spec.d_model, spec.heads, spec.layers, spec.ffn_ratio)
+            if got != expected:
+                raise ValueError(
+                    f"level {i} has (d_model, heads, layers, ffn_ratio) {got}, the config says "
+                    f"{expected}"
+                )
+            if grid is not None and (spec.height, spec.width) != grid[i]:
+                raise ValueError(
+                    f"level {i} was built for a {spec.height} x {spec.width} token grid, the "
+                    f"backbone gives {grid[i][0]} x {grid[i][1]} at image size {config.image_size}"
+                )
+            model = FODTransformer(spec, config.variant)
+            model.load_state_dict(entry["state_dict"], strict=True)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{path}: the weights do not match the stored config: {exc}. The file is "
+                "corrupt or was edited; retrain with `fod train`."
+            ) from exc
+        levels.append(model.eval())
+    return levels
+
+
+def load_model_file(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    requested: FODConfig | Mapping[str, Any] | None = None,
+    *,
+    build_backbone: bool = True,
+) -> tuple[FODConfig, FeatureExtractor | None, list[FODTransformer], dict[str, Any]]:
+    """Read a model file: ``(config, backbone, levels, meta)`` on ``device``.
+
+    ``requested``: settings the caller asked for (a config, or a dict of only the keys the user
+    gave, e.g. ``{"image_size": 128}``); any that differ from the stored ones are refused,
+    naming the keys. ``meta`` has ``threshold``, ``stats``, ``history``, ``backbone``,
+    ``fod_version``, ``created``, ``extra`` and ``path``. ``build_backbone=False`` skips
+    rebuilding the backbone (returned as None) and the grid check that needs it.
+    """
+    path = Path(path).expanduser()
+    data = read_model_file(path)
+    try:
+        config = FODConfig.from_dict(data["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: the stored config is invalid ({exc}); retrain.") from exc
+    _check_requested(path, config, requested)
+    backbone = None
+    grid = None
+    if build_backbone:
+        backbone = create_backbone(config.backbone, config.weights, config.layers)
+        _check_backbone(path, data["backbone"], backbone)
+        with torch.no_grad():
+            probe = backbone(torch.zeros(1, 3, config.image_size, config.image_size))
+        grid = [(int(m.shape[-2]), int(m.shape[-1])) for m in probe]
+        backbone.to(device)
+    levels = [m.to(device) for m in _build_levels(path, config, data["levels"], grid)]
+    threshold = data.get("threshold")
+    meta = {
+        "path": str(path),
+        "threshold": float(threshold) if threshold is not None else math.nan,
+        "stats": dict(data.get("stats") or {}),
+        "history": list(data.get("history") or []),
+        "backbone": dict(data["backbone"]),
+        "fod_version": data.get("fod_version"),
+        "created": data.get("created"),
+        "extra": dict(data.get("extra") or {}),
+    }
+    return config, backbone, levels, meta
+
+
+__all__ = ["MODEL_FORMAT", "MODEL_VERSION", "load_model_file", "read_model_file", "save_model_file"]

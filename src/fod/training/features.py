@@ -1,0 +1,157 @@
+"""Backbone features of a set of images, computed once (spec section 5: no augmentation).
+
+FOD trains on frozen-backbone features of the same images every epoch, so the backbone runs
+once per image and the training loop only sees tensors. :class:`FeatureCache` keeps those
+tensors on disk, keyed by the backbone, the image size and the files' (path, size, mtime), so
+a second run on the same data (another variant, more epochs, a benchmark resumed) skips the
+backbone entirely, and any change to an image or the backbone gives a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from fod.backbone import FeatureExtractor
+from fod.data import ImageDataset, Sample
+from fod.errors import DataError
+from fod.io import load_tensors, save_tensors
+
+CACHE_FORMAT = "fod-features"
+CACHE_VERSION = 1
+
+
+def _images_only(batch: list[dict[str, Any]]) -> Tensor:
+    return torch.stack([item["image"] for item in batch])
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: FeatureExtractor,
+    samples: Sequence[Sample],
+    image_size: int,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> list[Tensor]:
+    """One ``(N, C_l, H_l, W_l)`` float32 CPU tensor per level, in the order of ``samples``.
+
+    The backbone is moved to ``device``; images are read with :class:`fod.data.ImageDataset`
+    (resized to ``image_size``) in the main process, since reading is cheap next to the
+    backbone and worker processes are fragile on laptops and notebooks.
+    """
+    if len(samples) == 0:
+        raise DataError("no training images to compute features of")
+    backbone.to(device)
+    loader = DataLoader(
+        ImageDataset(samples, image_size),
+        batch_size=max(1, int(batch_size)),
+        shuffle=False,
+        num_workers=0,
+        collate_fn=_images_only,
+    )
+    levels: list[list[Tensor]] = []
+    for images in tqdm(loader, desc="features", unit="batch", disable=not progress, leave=False):
+        maps = backbone(images.to(device))
+        if not levels:
+            levels = [[] for _ in maps]
+        for store, m in zip(levels, maps, strict=True):
+            store.append(m.float().cpu())
+    return [torch.cat(parts) for parts in levels]
+
+
+def _file_entry(path: Path) -> list[Any]:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the image file ({exc})") from exc
+    return [str(path.resolve()), int(st.st_size), int(st.st_mtime_ns)]
+
+
+def feature_key(
+    backbone: FeatureExtractor | dict[str, Any], samples: Sequence[Sample], image_size: int
+) -> str:
+    """Hex digest of (backbone description, image size, each file's path, size and mtime)."""
+    describe = backbone.describe() if isinstance(backbone, FeatureExtractor) else backbone
+    payload = {
+        "format": CACHE_VERSION,
+        "backbone": describe,
+        "image_size": int(image_size),
+        "files": [_file_entry(Path(s.image)) for s in samples],
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+class FeatureCache:
+    """Folder of feature files ``<key>.pt``; entries are written atomically and read with
+    ``weights_only`` loading, so a cache file can never run code."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory).expanduser()
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.pt"
+
+    def load(self, key: str, count: int | None = None) -> list[Tensor] | None:
+        """The cached levels, or None when missing or unreadable (then recomputed)."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            data = load_tensors(path)
+            ok = (
+                isinstance(data, dict)
+                and data.get("format") == CACHE_FORMAT
+                and data.get("version") == CACHE_VERSION
+                and isinstance(data.get("levels"), list)
+                and all(isinstance(t, Tensor) for t in data["levels"])
+            )
+        except Exception as exc:  # a truncated or foreign file: recompute, never fail
+            warnings.warn(f"ignoring unreadable feature cache {path}: {exc}", stacklevel=2)
+            return None
+        if not ok or (count is not None and any(t.shape[0] != count for t in data["levels"])):
+            warnings.warn(f"ignoring feature cache {path}: not a fod feature file", stacklevel=2)
+            return None
+        return list(data["levels"])
+
+    def save(self, key: str, levels: Sequence[Tensor], info: dict[str, Any] | None = None) -> Path:
+        payload = {
+            "format": CACHE_FORMAT,
+            "version": CACHE_VERSION,
+            "levels": [t.detach().float().cpu().contiguous() for t in levels],
+            "info": dict(info or {}),
+        }
+        return save_tensors(self.path(key), payload)
+
+    def features(
+        self,
+        backbone: FeatureExtractor,
+        samples: Sequence[Sample],
+        image_size: int,
+        batch_size: int = 16,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+    ) -> list[Tensor]:
+        """Cached features of ``samples``, computing and storing them on a miss."""
+        key = feature_key(backbone, samples, image_size)
+        cached = self.load(key, count=len(samples))
+        if cached is not None:
+            return cached
+        levels = extract_features(backbone, samples, image_size, batch_size, device, progress)
+        info = {"backbone": backbone.describe(), "image_size": int(image_size)}
+        info["images"] = len(samples)
+        self.save(key, levels, info)
+        return levels
+
+
+__all__ = ["FeatureCache", "extract_features", "feature_key"]
