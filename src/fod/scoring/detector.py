@@ -1,0 +1,187 @@
+"""The whole scorer as one module: images -> heat maps and image scores.
+
+``Detector`` chains the frozen backbone, the per-level FOD transformers, their token scores
+(spec section 6), the upsampled average and the blurred maximum. It is a plain ``nn.Module``
+with a tensor-only forward, so the same object scores a test set, serves the Python API and
+is what gets exported.
+
+>>> maps, scores = Detector(backbone, levels, image_size=256)(images)   # images in [0, 1]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from fod.backbone import FeatureExtractor
+from fod.data import ImageDataset, Sample
+from fod.model import FODTransformer, token_scores
+from fod.scoring.anomaly_map import DEFAULT_SIGMA, anomaly_map, image_scores
+
+
+def level_scores(levels: Sequence[FODTransformer], features: Sequence[Tensor]) -> list[Tensor]:
+    """(B, H_l, W_l) token scores of each level for its (B, C_l, H_l, W_l) features."""
+    if len(levels) != len(features):
+        raise ValueError(f"{len(levels)} level models but {len(features)} feature levels")
+    return [
+        token_scores(model(f), model.variant, model.spec.height, model.spec.width)
+        for model, f in zip(levels, features, strict=True)
+    ]
+
+
+class Detector(nn.Module):
+    """Backbone + one FOD transformer per level -> ``(maps (B, S, S), scores (B,))``.
+
+    Always in eval mode and without gradients: it is for scoring, training works on cached
+    features (:mod:`fod.training`).
+    """
+
+    def __init__(
+        self,
+        backbone: FeatureExtractor,
+        levels: Sequence[FODTransformer],
+        image_size: int,
+        sigma: float = DEFAULT_SIGMA,
+    ) -> None:
+        super().__init__()
+        if len(levels) != len(backbone.channels):
+            raise ValueError(
+                f"{len(levels)} level models for a backbone with {len(backbone.channels)} levels"
+            )
+        for i, (model, channels) in enumerate(zip(levels, backbone.channels, strict=True)):
+            if model.spec.channels != channels:
+                raise ValueError(
+                    f"level {i} model expects {model.spec.channels} channels, the backbone "
+                    f"gives {channels}"
+                )
+        self.backbone = backbone
+        self.levels = nn.ModuleList(levels)
+        self.image_size = int(image_size)
+        self.sigma = float(sigma)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> Detector:
+        """Stay in eval mode (no dropout or batch statistics may change a score)."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def score_features(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Backbone features (one (B, C_l, H_l, W_l) per level) -> (maps, scores)."""
+        maps = anomaly_map(level_scores(list(self.levels), features), self.image_size)
+        return maps, image_scores(maps, self.sigma)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``images`` (B, 3, S, S) RGB in [0, 1] -> ``maps`` (B, S, S), ``scores`` (B,)."""
+        if not torch.jit.is_tracing() and tuple(images.shape[-2:]) != (
+            self.image_size,
+            self.image_size,
+        ):
+            raise ValueError(
+                f"images must be {self.image_size} x {self.image_size} (the model's image "
+                f"size), got {tuple(images.shape)}; resize them, e.g. with fod.data.load_batch"
+            )
+        return self.score_features(self.backbone(images))
+
+
+@torch.no_grad()
+def score_features(
+    levels: Sequence[FODTransformer],
+    features: Sequence[Tensor],
+    image_size: int,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    sigma: float = DEFAULT_SIGMA,
+) -> tuple[Tensor, Tensor]:
+    """Maps (N, S, S) and scores (N,) of precomputed features, batch by batch, on the CPU.
+
+    Used to calibrate on the training images without running the backbone again.
+    """
+    n = int(features[0].shape[0])
+    maps, scores = [], []
+    for first in range(0, n, max(1, batch_size)):
+        batch = [f[first : first + batch_size].to(device) for f in features]
+        m = anomaly_map(level_scores(levels, batch), image_size)
+        maps.append(m.cpu())
+        scores.append(image_scores(m, sigma).cpu())
+    return torch.cat(maps), torch.cat(scores)
+
+
+@dataclass
+class ScoredSet:
+    """Scores of a labelled image set, as numpy arrays in the order of its samples."""
+
+    paths: list[str]
+    labels: np.ndarray  # (N,) int, 1 = anomalous
+    defect_types: list[str]
+    scores: np.ndarray  # (N,) float32 image scores
+    maps: np.ndarray  # (N, S, S) float32 unblurred heat maps
+    masks: np.ndarray  # (N, S, S) bool ground truth (zeros for good images)
+    has_mask: np.ndarray  # (N,) bool: False for an anomalous image without a mask file
+
+    def records(self) -> list[dict[str, Any]]:
+        """One JSON-able dict per image."""
+        return [
+            {"path": p, "label": int(y), "defect_type": t, "score": float(s)}
+            for p, y, t, s in zip(
+                self.paths, self.labels, self.defect_types, self.scores, strict=True
+            )
+        ]
+
+
+def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "image": torch.stack([b["image"] for b in batch]),
+        "mask": torch.stack([b["mask"] for b in batch]),
+        "label": [b["label"] for b in batch],
+        "path": [b["path"] for b in batch],
+        "defect_type": [b["defect_type"] for b in batch],
+        "has_mask": [b["has_mask"] for b in batch],
+    }
+
+
+def score_samples(
+    detector: Detector,
+    samples: Sequence[Sample],
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> ScoredSet:
+    """Run ``detector`` over labelled samples (read with :class:`fod.data.ImageDataset`)."""
+    detector.to(device)
+    loader = DataLoader(
+        ImageDataset(samples, detector.image_size),
+        batch_size=max(1, int(batch_size)),
+        shuffle=False,
+        num_workers=0,
+        collate_fn=_collate,
+    )
+    out: dict[str, list[Any]] = {k: [] for k in ("maps", "scores", "masks")}
+    meta: dict[str, list[Any]] = {k: [] for k in ("label", "path", "defect_type", "has_mask")}
+    for batch in tqdm(loader, desc="score", unit="batch", disable=not progress, leave=False):
+        maps, scores = detector(batch["image"].to(device))
+        out["maps"].append(maps.float().cpu().numpy())
+        out["scores"].append(scores.float().cpu().numpy())
+        out["masks"].append(batch["mask"][:, 0].numpy() > 0.5)
+        for key in meta:
+            meta[key].extend(batch[key])
+    s = detector.image_size
+    return ScoredSet(
+        paths=[str(p) for p in meta["path"]],
+        labels=np.asarray(meta["label"], dtype=np.int64),
+        defect_types=[str(t) for t in meta["defect_type"]],
+        scores=np.concatenate(out["scores"]) if out["scores"] else np.zeros(0, np.float32),
+        maps=np.concatenate(out["maps"]) if out["maps"] else np.zeros((0, s, s), np.float32),
+        masks=np.concatenate(out["masks"]) if out["masks"] else np.zeros((0, s, s), bool),
+        has_mask=np.asarray(meta["has_mask"], dtype=bool),
+    )
+
+
+__all__ = ["Detector", "ScoredSet", "level_scores", "score_features", "score_samples"]
