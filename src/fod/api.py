@@ -1,0 +1,457 @@
+"""The Python API: fit on good images, test on a labelled set, predict on any images.
+
+>>> model = fod.FOD(image_size=128, epochs=5, batch_size=8)    # any FODConfig field
+>>> model.fit("data/bottle")                  # a category folder, a Category, or good images
+>>> results = model.test("data/bottle", report_dir="report")   # metrics + per-image scores
+>>> preds = model.predict(["a.png", "folder/"])                 # score, decision, heat map
+>>> model.save("bottle.pt"); model = fod.FOD.load("bottle.pt")
+
+Decision threshold: chosen without test labels. After training, the training images are
+scored and the threshold is the largest of their image scores, i.e. the smallest value no
+known-good image exceeded. Scores of unseen good images tend to sit a little higher than
+those of the training images, so expect some false alarms at first; pass ``threshold=`` (to
+the constructor, :meth:`FOD.predict`, or set ``model.threshold``) once you have looked at a few
+scores of your own good and bad parts. The 1st and 99th percentiles of the training images'
+pixel scores are kept too, and fix the colour scale of every heat map (blue: like the good
+training parts; red: above 99 % of their pixels), so heat maps are comparable across images.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fod.config import ConfigError, FODConfig, make_config
+from fod.data import IMAGE_EXTENSIONS, Category, Sample, load_batch, load_category
+from fod.data.images import load_image, resize_image
+from fod.errors import DataError, FODError
+from fod.model import FODTransformer
+
+#: Percentiles of the training pixel scores that fix the heat-map colour range.
+PIXEL_PERCENTILES = (1.0, 99.0)
+#: At most this many training pixels enter the percentiles (a regular subsample beyond).
+_MAX_PIXELS = 1 << 24
+
+
+class NotFittedError(FODError, RuntimeError):
+    """A model used before :meth:`FOD.fit` or :meth:`FOD.load`."""
+
+
+@dataclass
+class Prediction:
+    """One image's result: ``heatmap`` is the unblurred S x S pixel score map (float32)."""
+
+    path: Path
+    score: float
+    anomalous: bool
+    heatmap: np.ndarray
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "score": self.score, "anomalous": self.anomalous}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """ "auto" -> CUDA when available, else CPU; a requested CUDA device must exist."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r} requested but CUDA is not available here; use --device cpu "
+            "(or auto)"
+        )
+    return dev
+
+
+def image_files(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Files as given, folders expanded to their images (recursively, sorted, hidden skipped)."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if not path.exists():
+            raise DataError(f"{path}: no such file or folder. Check the path.")
+        if path.is_dir():
+            images = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not images:
+                exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+                raise DataError(f"{path}: folder holds no images ({exts}).")
+            found.extend(images)
+        else:
+            found.append(path)
+    if not found:
+        raise DataError("no images given. Pass image files or folders.")
+    return found
+
+
+def _training_samples(data: Any, layout: str | None) -> tuple[str, list[Sample]]:
+    """(name, good samples) from a Category, a category folder, a folder of good images, or
+    a list of image files and folders."""
+    if isinstance(data, Category):
+        return data.name, list(data.train)
+    if isinstance(data, (list, tuple)):
+        return "images", [Sample(p, 0, "good") for p in image_files(data)]
+    path = Path(data).expanduser()
+    if path.is_dir() and not (path / "train").is_dir():
+        loose = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        if loose:  # a plain folder of good images: everything in it is training data
+            return path.name, [Sample(p, 0, "good") for p in image_files(path)]
+    category = load_category(path, layout, require_test=False)
+    return category.name, list(category.train)
+
+
+def _test_category(data: Any, layout: str | None) -> Category:
+    return data if isinstance(data, Category) else load_category(data, layout)
+
+
+class FOD:
+    """Focus the Discrepancy anomaly detector: one model per product (category).
+
+    ``config`` or keywords set any :class:`~fod.config.FODConfig` field (and the
+    :class:`~fod.model.Variant` switches ``intra``, ``inter``, ``entropy``, ``reference``,
+    ``coreset_size``, ``score``, ``output_projection``). ``device``: "auto", "cpu" or "cuda".
+    ``threshold`` overrides the calibrated decision threshold. ``cache_dir`` keeps backbone
+    features on disk between runs. ``progress`` shows progress bars.
+    """
+
+    def __init__(
+        self,
+        config: FODConfig | dict[str, Any] | None = None,
+        *,
+        device: str | torch.device = "auto",
+        threshold: float | None = None,
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+        **options: Any,
+    ) -> None:
+        self.config = make_config(config, **options)
+        self.device = resolve_device(device)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.progress = progress
+        self.threshold: float | None = None if threshold is None else float(threshold)
+        self._user_threshold = threshold is not None
+        self.stats: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []
+        self.backbone: Any = None
+        self.levels: list[FODTransformer] | None = None
+        self._detector: Any = None
+
+    def __repr__(self) -> str:
+        state = "fitted" if self.is_fitted else "not fitted"
+        return (
+            f"FOD({state}, backbone={self.config.backbone!r}, image_size="
+            f"{self.config.image_size}, device={str(self.device)!r}, threshold={self.threshold})"
+        )
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.levels is not None and self.backbone is not None
+
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(
+                "this FOD model is not trained yet: call fit(data) or FOD.load(path) first"
+            )
+
+    @property
+    def detector(self) -> Any:
+        """The :class:`~fod.scoring.Detector` (backbone + levels), on this model's device."""
+        from fod.scoring import Detector
+
+        self._require_fitted()
+        if self._detector is None:
+            self._detector = Detector(self.backbone, self.levels, self.config.image_size)
+            self._detector.to(self.device)
+        return self._detector
+
+    @property
+    def heatmap_range(self) -> tuple[float | None, float | None]:
+        """(vmin, vmax) of heat-map colours: percentiles 1 and 99 of training pixel scores."""
+        return self.stats.get("pixel_p1"), self.stats.get("pixel_p99")
+
+    def _backbone(self) -> Any:
+        from fod.backbone import create_backbone
+
+        if self.backbone is None:
+            c = self.config
+            self.backbone = create_backbone(c.backbone, c.weights, c.layers)
+            c.check_levels(len(self.backbone.channels), c.backbone)
+        return self.backbone
+
+    # ------------------------------------------------------------------ fit
+
+    def features(self, samples: Sequence[Sample]) -> list[Tensor]:
+        """Backbone features of ``samples`` (from the cache when ``cache_dir`` is set)."""
+        from fod.training import FeatureCache, extract_features
+
+        backbone = self._backbone()
+        args = (backbone, samples, self.config.image_size, 16, self.device, self.progress)
+        if self.cache_dir is not None:
+            return FeatureCache(self.cache_dir).features(*args)
+        return extract_features(*args)
+
+    def fit(
+        self,
+        data: Any,
+        *,
+        layout: str | None = None,
+        state_path: str | Path | None = None,
+        resume: bool = False,
+    ) -> FOD:
+        """Train on the good images of ``data`` and calibrate the threshold on them.
+
+        ``data``: a category folder (MVTec AD, BTAD or MVTec 3D-AD layout; its test split is
+        not used), a :class:`~fod.data.Category`, a folder of good images, or a list of image
+        files and folders. ``state_path`` saves a training state after every epoch;
+        ``resume=True`` continues from it.
+        """
+        from fod.training import train
+
+        _, samples = _training_samples(data, layout)
+        t0 = time.perf_counter()
+        features = self.features(samples)
+        seconds_features = time.perf_counter() - t0
+        result = train(self.config, features, state_path, resume, self.progress, self.device)
+        self.levels = result.models
+        self.history = result.history
+        self._detector = None
+        self._calibrate(features)
+        self.stats["feature_seconds"] = seconds_features
+        self.stats["train_seconds"] = float(sum(h.get("seconds", 0.0) for h in self.history))
+        return self
+
+    def _calibrate(self, features: list[Tensor]) -> None:
+        """Threshold and heat-map range from the training images' own scores."""
+        from fod.scoring import score_features
+
+        self._require_fitted()
+        maps, scores = score_features(
+            self.levels, features, self.config.image_size, 16, self.device
+        )
+        s = scores.double().numpy()
+        m = maps.numpy()
+        step = 1
+        while m[:, ::step, ::step].size > _MAX_PIXELS:
+            step += 1
+        pixels = m[:, ::step, ::step].ravel()
+        p_lo, p_hi = np.percentile(pixels, PIXEL_PERCENTILES)
+        self.stats = {
+            "num_train": len(s),
+            "train_score_min": float(s.min()),
+            "train_score_mean": float(s.mean()),
+            "train_score_std": float(s.std()),
+            "train_score_p50": float(np.percentile(s, 50)),
+            "train_score_p95": float(np.percentile(s, 95)),
+            "train_score_max": float(s.max()),
+            "pixel_p1": float(p_lo),
+            "pixel_p99": float(p_hi),
+            "threshold_rule": "max of the training images' scores",
+        }
+        if not self._user_threshold:
+            self.threshold = float(s.max())
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, 3, S, S) RGB in [0, 1] -> heat maps (B, S, S) and image scores (B,), on CPU."""
+        maps, scores = self.detector(images.to(self.device))
+        return maps.cpu(), scores.cpu()
+
+    def predict(
+        self,
+        inputs: str | Path | Sequence[str | Path],
+        *,
+        threshold: float | None = None,
+        batch_size: int = 8,
+    ) -> list[Prediction]:
+        """Score image files and folders (searched recursively): one :class:`Prediction` each.
+
+        ``anomalous`` is ``score > threshold`` (the given one, else the model's).
+        """
+        return list(self.iter_predict(inputs, threshold=threshold, batch_size=batch_size))
+
+    def iter_predict(
+        self,
+        inputs: str | Path | Sequence[str | Path],
+        *,
+        threshold: float | None = None,
+        batch_size: int = 8,
+    ) -> Iterator[Prediction]:
+        """Like :meth:`predict`, one batch at a time, so heat maps of a large folder need not
+        all fit in memory."""
+        self._require_fitted()
+        limit = self.threshold if threshold is None else float(threshold)
+        paths = image_files(inputs)
+        for first in range(0, len(paths), max(1, batch_size)):
+            chunk = paths[first : first + batch_size]
+            maps, scores = self.score(load_batch(chunk, self.config.image_size))
+            for path, hm, sc in zip(chunk, maps.numpy(), scores.tolist(), strict=True):
+                yield Prediction(path, float(sc), bool(sc > limit), hm.astype(np.float32))
+
+    def panel(
+        self,
+        prediction: Prediction,
+        mask: np.ndarray | None = None,
+        *,
+        with_mask: bool = False,
+        title: str | None = None,
+    ) -> np.ndarray:
+        """RGB uint8 picture of a prediction: image | heat map (or image | ground truth | heat
+        map with ``with_mask``), coloured on the model's fixed heat-map range."""
+        from fod.report import overlay_panel, panel_geometry
+
+        size = self.config.image_size
+        image = resize_image(load_image(prediction.path), (size, size))
+        vmin, vmax = self.heatmap_range
+        verdict = "ANOMALOUS" if prediction.anomalous else "normal"
+        text = title if title is not None else f"{prediction.path.name}: {verdict}"
+        full = overlay_panel(image, mask, prediction.heatmap, prediction.score, text, vmin, vmax)
+        if with_mask:
+            return full
+        geo = panel_geometry(size, size, has_text=True)
+        left = full[:, : geo.lefts[1]]
+        right = full[:, geo.lefts[2] :].copy()
+        right[: geo.top] = full[: geo.top, geo.lefts[1] : geo.lefts[1] + right.shape[1]]
+        return np.concatenate([left, right], axis=1)
+
+    # ------------------------------------------------------------------ test
+
+    def test(
+        self,
+        data: Any,
+        *,
+        layout: str | None = None,
+        report_dir: str | Path | None = None,
+        examples: int = 3,
+        batch_size: int = 8,
+    ) -> dict[str, Any]:
+        """Metrics on a labelled category (:func:`fod.metrics.evaluate`) and per-image scores.
+
+        Returns the evaluate dict plus ``category``, ``threshold``, ``seconds`` and
+        ``images`` (path, label, defect type, score per image). With ``report_dir``, writes
+        heat-map panels of the first ``examples`` good images and of each defect type, a
+        ``scores.csv`` and the training-loss plot.
+        """
+        from fod.metrics import evaluate
+        from fod.scoring import score_samples
+
+        self._require_fitted()
+        category = _test_category(data, layout)
+        t0 = time.perf_counter()
+        scored = score_samples(self.detector, category.test, batch_size, self.device, self.progress)
+        seconds = time.perf_counter() - t0
+        with_masks = bool(scored.has_mask.all())
+        results = evaluate(
+            scored.labels,
+            scored.scores,
+            scored.masks if with_masks else None,
+            scored.maps if with_masks else None,
+            scored.defect_types,
+        )
+        if not with_masks:
+            reason = "some anomalous test images have no mask"
+            results["reasons"].update(pixel_auroc=reason, aupro=reason)
+        results["category"] = category.name
+        results["threshold"] = self.threshold
+        results["seconds"] = seconds
+        results["images"] = scored.records()
+        if report_dir is not None:
+            self._write_report(Path(report_dir), category, scored, examples, results)
+        return results
+
+    def _write_report(
+        self, out: Path, category: Category, scored: Any, examples: int, results: dict[str, Any]
+    ) -> None:
+        from fod.report import overlay_panel, plot_losses, save_png, write_csv
+
+        size = self.config.image_size
+        vmin, vmax = self.heatmap_range
+        picked: dict[str, int] = {}
+        for i, sample in enumerate(category.test):
+            kind = sample.defect_type
+            if picked.get(kind, 0) >= examples:
+                continue
+            picked[kind] = picked.get(kind, 0) + 1
+            image = resize_image(load_image(sample.image), (size, size))
+            mask = scored.masks[i] if scored.has_mask[i] else None
+            title = f"{kind}/{sample.image.name}"
+            panel = overlay_panel(
+                image, mask, scored.maps[i], float(scored.scores[i]), title, vmin, vmax
+            )
+            save_png(out / kind / f"{sample.image.stem}.png", panel)
+        columns = ["path", "defect_type", "label", "score"]
+        write_csv(out / "scores.csv", results["images"], columns)
+        if self.history:
+            plot_losses(
+                [{k: v for k, v in h.items() if k != "seconds"} for h in self.history],
+                out / "losses.png",
+                title=f"training loss ({category.name})",
+            )
+        results["report"] = str(out)
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model file (see :mod:`fod.training.checkpoint`)."""
+        from fod.training import save_model_file
+
+        self._require_fitted()
+        assert self.levels is not None and self.threshold is not None
+        return save_model_file(
+            path,
+            self.config,
+            self.backbone,
+            self.levels,
+            threshold=self.threshold,
+            stats=self.stats,
+            history=self.history,
+        )
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device = "auto",
+        threshold: float | None = None,
+        progress: bool = True,
+        **requested: Any,
+    ) -> FOD:
+        """Read a model file. Keywords name settings the caller expects (e.g.
+        ``image_size=256``); a model made with other values is refused."""
+        from fod.training import load_model_file
+
+        dev = resolve_device(device)
+        config, backbone, levels, meta = load_model_file(path, dev, requested or None)
+        model = cls(config, device=dev, threshold=threshold, progress=progress)
+        model.backbone, model.levels = backbone, levels
+        model.stats = meta["stats"]
+        model.history = meta["history"]
+        if threshold is None:
+            model.threshold = meta["threshold"]
+        return model
+
+
+__all__ = ["FOD", "NotFittedError", "Prediction", "image_files", "resolve_device"]

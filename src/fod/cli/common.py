@@ -1,0 +1,195 @@
+"""Options shared by several subcommands, and turning them into a config.
+
+Every training option defaults to None on the command line, so only what the user typed
+overrides :class:`~fod.config.FODConfig`'s defaults (the paper's settings); the same
+distinction lets ``fod test --image-size 128`` be checked against a model file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+#: Command-line dest -> FODConfig / Variant key, for the training options.
+_CONFIG_OPTIONS = {
+    "backbone": "backbone",
+    "weights": "weights",
+    "layers": "layers",
+    "image_size": "image_size",
+    "d_model": "d_model",
+    "heads": "heads",
+    "num_layers": "num_layers",
+    "ffn_ratio": "ffn_ratio",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "lambda1": "lambda1",
+    "lambda2": "lambda2",
+    "seed": "seed",
+    "reference": "reference",
+    "coreset_size": "coreset_size",
+    "score": "score",
+}
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)",
+    )
+
+
+def add_layout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--layout",
+        choices=("mvtec", "btad", "mvtec3d"),
+        default=None,
+        help="data set folder layout (default: detected from the folders)",
+    )
+
+
+def add_quiet_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    """Backbone, model, variant and training options (all default to the paper's values)."""
+    from fod.config import FODConfig
+
+    d = FODConfig()
+    v = d.variant
+    g = parser.add_argument_group("backbone")
+    g.add_argument("--backbone", help=f"timm model name (default: {d.backbone})")
+    g.add_argument(
+        "--weights",
+        help="local weights file for the backbone (needed for any backbone other than "
+        "efficientnet_lite0/1/2, whose weights ship as pip packages)",
+    )
+    g.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        metavar="I",
+        help="backbone feature indices, one per level (default: the maps at stride 8 and 16)",
+    )
+    g.add_argument(
+        "--image-size", type=int, help=f"image side S in pixels (default: {d.image_size})"
+    )
+    g = parser.add_argument_group("model")
+    g.add_argument(
+        "--d-model",
+        type=int,
+        nargs="+",
+        metavar="D",
+        help=f"transformer width per level (default: {' '.join(map(str, d.d_model))})",
+    )
+    g.add_argument("--heads", type=int, help=f"attention heads (default: {d.heads})")
+    g.add_argument("--num-layers", type=int, help=f"encoder layers (default: {d.num_layers})")
+    g.add_argument("--ffn-ratio", type=int, help=f"FFN width / d (default: {d.ffn_ratio})")
+    g = parser.add_argument_group("variant (the paper's ablation switches)")
+    g.add_argument("--no-intra", action="store_true", help="switch off the intra branch")
+    g.add_argument("--no-inter", action="store_true", help="switch off the inter branch")
+    g.add_argument("--no-entropy", action="store_true", help="drop the entropy terms")
+    g.add_argument(
+        "--reference",
+        choices=("mean", "coreset"),
+        help=f"inter-branch reference features (default: {v.reference})",
+    )
+    g.add_argument(
+        "--coreset-size", type=int, help=f"maps in a coreset reference (default: {v.coreset_size})"
+    )
+    g.add_argument(
+        "--score",
+        choices=("rec", "div", "rec_div"),
+        help=f"per-token score (default: {v.score}; rec when both branches are off)",
+    )
+    g.add_argument(
+        "--output-projection",
+        action="store_true",
+        help="apply the attention output projection (the authors' code discards it)",
+    )
+    g = parser.add_argument_group("training")
+    g.add_argument("--epochs", type=int, help=f"default: {d.epochs}")
+    g.add_argument("--batch-size", type=int, help=f"default: {d.batch_size}")
+    g.add_argument("--lr", type=float, help=f"Adam learning rate (default: {d.lr:g})")
+    g.add_argument("--lambda1", type=float, help=f"Div weight (default: {d.lambda1:g})")
+    g.add_argument("--lambda2", type=float, help=f"entropy weight (default: {d.lambda2:g})")
+    g.add_argument("--seed", type=int, help=f"default: {d.seed}")
+    g.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="keep backbone features in DIR and reuse them when the images are unchanged",
+    )
+
+
+def config_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The config and variant keys the user gave on the command line."""
+    options = {
+        key: getattr(args, dest)
+        for dest, key in _CONFIG_OPTIONS.items()
+        if getattr(args, dest, None) is not None
+    }
+    if options.get("weights") is not None:
+        options["weights"] = str(Path(options["weights"]).expanduser().resolve())
+    if getattr(args, "no_intra", False):
+        options["intra"] = False
+    if getattr(args, "no_inter", False):
+        options["inter"] = False
+    if getattr(args, "no_entropy", False):
+        options["entropy"] = False
+    if getattr(args, "output_projection", False):
+        options["output_projection"] = True
+    if options.get("intra") is False and options.get("inter") is False:
+        # the patch-wise row of the ablation: reconstruction only
+        options.setdefault("score", "rec")
+        options.setdefault("entropy", False)
+    return options
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """A validated FODConfig from the training options (ConfigError on bad values)."""
+    from fod.config import make_config
+
+    return make_config(None, **config_options(args))
+
+
+def state_path_for(model_path: str | Path) -> Path:
+    """``model.pt`` -> ``model.state.pt``: where an unfinished training run keeps its state."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.state{path.suffix or '.pt'}")
+
+
+def category_entry(results: dict[str, Any]) -> dict[str, Any]:
+    """A test result without the per-image list: the entry of one category in results.json."""
+    return {k: v for k, v in results.items() if k not in ("images", "category", "report")}
+
+
+def metrics_table(results: dict[str, Any]) -> str:
+    """Markdown table of one category: each defect type against all good images, then all."""
+    from fod.report import markdown_table
+
+    columns = [
+        ("type", "Defect type"),
+        ("count", "Images"),
+        ("image_auroc", "Image AUROC"),
+        ("pixel_auroc", "Pixel AUROC"),
+        ("aupro", "AUPRO"),
+        ("f1_max", "F1-max"),
+    ]
+    # F1-max is an image-level figure of the whole test set; per type it is left blank
+    rows = [
+        {"type": name, **entry, "f1_max": ""}
+        for name, entry in results.get("per_defect", {}).items()
+    ]
+    counts = results.get("counts", {})
+    overall = {k: results.get(k) for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max")}
+    rows.append({"type": "all", "count": counts.get("anomalous"), **overall})
+    return markdown_table(rows, columns)
+
+
+def eprint(*parts: Any) -> None:
+    import sys
+
+    print(*parts, file=sys.stderr)
