@@ -25,6 +25,8 @@ COMMANDS: list[str] = [
     "fod.cli.commands.predict",
     "fod.cli.commands.benchmark",
     "fod.cli.commands.generate",
+    "fod.cli.commands.ablate",
+    "fod.cli.commands.bench",
 ]
 
 EXIT_ERROR = 2

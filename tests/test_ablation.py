@@ -1,0 +1,79 @@
+"""`fod ablate` on a tiny generated category: all rows, the table files, and resuming."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from test_api_cli import TRAIN, make_category
+
+from fod.cli.main import main
+from fod.experiments.ablation_rows import ablation_rows
+
+ROWS = ["patch", "intra_noent_div", "inter_coreset", "full"]
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    data = make_category(tmp_path_factory.mktemp("data") / "widget")
+    out = tmp_path_factory.mktemp("ablation")
+    args = ["ablate", str(data), "--out", str(out), *TRAIN, "--epochs", "2"]
+    assert main([*args, "--coreset-size", "2", "--rows", *ROWS]) == 0
+    return data, out
+
+
+def test_rows_match_the_paper_table() -> None:
+    rows = ablation_rows()
+    assert [r.key for r in rows] == [
+        "patch", "intra_noent_div", "intra_div", "intra_recdiv",
+        "inter_mean", "inter_coreset", "intra_inter_div", "full",
+    ]  # fmt: skip
+    full = rows[-1]
+    assert full.variant.intra and full.variant.inter and full.variant.entropy
+    assert (full.paper_mvtec, full.paper_mean) == (0.992, 0.945)
+    assert not rows[1].variant.entropy and rows[1].variant.score == "div"
+    assert rows[5].variant.reference == "coreset"
+    assert rows[0].variant.score == "rec" and not rows[0].variant.has_correlation
+
+
+def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> None:
+    _, out = ablation
+    report = json.loads((out / "ablation.json").read_text())
+    assert [r["key"] for r in report["rows"]] == ROWS
+    for record in report["rows"]:
+        stored = json.loads((out / "rows" / f"{record['key']}.json").read_text())
+        assert stored["record"] == record
+        assert stored["config"]["variant"]["intra"] == record["variant"]["intra"]
+        for key in ("image_auroc", "pixel_auroc", "aupro"):
+            assert 0.0 <= record[key] <= 1.0
+        assert record["train_seconds"] > 0
+    coreset = json.loads((out / "rows" / "inter_coreset.json").read_text())
+    assert coreset["config"]["variant"]["coreset_size"] == 2
+    with open(out / "ablation.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["views"] for r in table] == ["patch-wise", "intra", "inter", "patch + intra + inter"]
+    assert float(table[-1]["image_auroc"]) == pytest.approx(report["rows"][-1]["image_auroc"])
+    assert float(table[-1]["paper_mvtec"]) == 0.992
+    md = (out / "ablation.md").read_text()
+    assert "| patch + intra + inter | with | mean | Rec & Div |" in md
+
+
+def test_rerun_redoes_nothing(ablation: tuple[Path, Path], capsys) -> None:
+    data, out = ablation
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "rows").glob("*.json")}
+    args = ["ablate", str(data), "--out", str(out), *TRAIN, "--epochs", "2"]
+    assert main([*args, "--coreset-size", "2", "--rows", *ROWS]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "rows").glob("*.json")}
+    assert before == after
+    assert capsys.readouterr().out.count("done before, skipped") == len(ROWS)
+
+
+def test_rows_made_with_other_settings_are_refused(ablation: tuple[Path, Path], capsys) -> None:
+    data, out = ablation
+    args = ["ablate", str(data), "--out", str(out), *TRAIN, "--epochs", "3", "--rows", "patch"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "patch.json: this row was made with other settings" in err
+    assert "epochs: there 2, now 3" in err
