@@ -37,6 +37,8 @@ def _compare(model: FODTransformer, features: torch.Tensor, tol: float) -> None:
     fast_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     with torch.no_grad():
         fast_scores = token_scores(model(features), variant, spec.height, spec.width)
+        # The scoring path computes Div only for the branch the score uses.
+        scoring_path = model.score(features)
 
     model.zero_grad()
     loss1, loss2 = direct_train_step(model, features)
@@ -56,6 +58,7 @@ def _compare(model: FODTransformer, features: torch.Tensor, tol: float) -> None:
         err = float((fast_grads[name] - grad).norm() / torch.maximum(grad.norm(), floor))
         assert err < tol, f"{name}: relative gradient error {err:.2e}"
     assert _relative_error(fast_scores, slow_scores) < tol
+    assert _relative_error(scoring_path, slow_scores) < tol
     assert torch.allclose(fast_scores, slow_scores, rtol=tol, atol=tol * slow_scores.abs().max())
 
 

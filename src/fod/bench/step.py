@@ -70,7 +70,7 @@ def run_case(case: Case) -> CaseResult:
     """Measure one case in this process (called inside the worker process)."""
     import torch
 
-    from fod.model import FODTransformer, LevelSpec, Variant, fod_objective, token_scores
+    from fod.model import FODTransformer, LevelSpec, Variant, fod_objective
     from fod.model.direct import direct_scores, direct_train_step
 
     torch.manual_seed(case.seed)
@@ -95,8 +95,7 @@ def run_case(case: Case) -> CaseResult:
         with torch.no_grad():
             for model, x in zip(models, features, strict=True):
                 if case.path == "fast":
-                    spec = model.spec
-                    token_scores(model(x), model.variant, spec.height, spec.width)
+                    model.score(x)
                 else:
                     direct_scores(model, x)
 

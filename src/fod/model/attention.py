@@ -62,24 +62,44 @@ class CorrelationAttention(nn.Module):
         return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
 
     def forward(
-        self, x: Tensor, context: Tensor, height: int, width: int, maps: int = 1
+        self,
+        x: Tensor,
+        context: Tensor,
+        height: int,
+        width: int,
+        maps: int = 1,
+        with_stats: bool = True,
+        with_entropy: bool = True,
     ) -> AttentionResult:
-        """``x``: (B, L, d) queries on a height x width grid; ``context``: (B or 1, maps*L, d)."""
+        """``x``: (B, L, d) queries on a height x width grid; ``context``: (B or 1, maps*L, d).
+
+        ``with_stats=False`` skips the target, Div and Ent (plain fused attention): scoring
+        needs them from one branch only. ``with_entropy=False`` skips Ent (``ent`` is None).
+        """
         b, n, d = x.shape
         q = self._split(self.query(x))
         k = self._split(self.key(context))
         v = self._split(self.value(context))
         div = ent = None
-        if self.sigma is None:
+        if self.sigma is None or not with_stats:
             o = F.scaled_dot_product_attention(q, k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
         else:
             sigma = sigma_from_raw(self.sigma(x)).view(b, n, self.heads, 2).transpose(1, 2)
             gy, gx = separable_target(sigma, height, width)
             scale = (d // self.heads) ** -0.5
             o, div_h, ent_h = correlation_attention(
-                q * scale, k, v, gy, gx, maps, EPS, -1.0 if self.minimax else 1.0
+                q * scale,
+                k,
+                v,
+                gy,
+                gx,
+                maps,
+                EPS,
+                -1.0 if self.minimax else 1.0,
+                with_entropy=with_entropy,
             )
-            div, ent = div_h.mean(1), ent_h.mean(1)
+            div = div_h.mean(1)
+            ent = ent_h.mean(1) if with_entropy else None
         o = o.transpose(1, 2).reshape(b, n, d)
         if self.out is not None:
             o = self.out(o)

@@ -38,13 +38,17 @@ def _rows_per_block(groups: int, keys: int, rows: int, block_elements: int) -> i
     return max(1, min(rows, block_elements // max(1, groups * keys)))
 
 
-def _target_block(gy: Tensor, gx: Tensor, maps: int) -> Tensor:
-    """T for a block of rows: (G, r, H) x (G, r, W) -> (G, r, maps * H * W), rows sum to 1."""
+def _target_block(gy: Tensor, gx: Tensor, maps: int, shift: float = 0.0) -> Tensor:
+    """T + shift for a block of rows: (G, r, H) x (G, r, W) -> (G, r, maps * H * W).
+
+    T's rows sum to 1; the shift (eps) is added in the same pass as the outer product.
+    """
     g, r, h = gy.shape
-    t = (gy.unsqueeze(-1) * gx.unsqueeze(-2)).reshape(g, r, h * gx.shape[-1])
     if maps > 1:
-        t = t.div_(maps).repeat(1, 1, maps)
-    return t
+        gy = gy / maps
+    t = torch.addcmul(gy.new_tensor(shift), gy.unsqueeze(-1), gx.unsqueeze(-2))
+    t = t.reshape(g, r, h * gx.shape[-1])
+    return t.repeat(1, 1, maps) if maps > 1 else t
 
 
 def _row_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -65,23 +69,27 @@ class _FusedCorrelation(torch.autograd.Function):
         eps: float,
         s_div_scale: float,
         block_elements: int,
+        with_entropy: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         groups, rows, _ = q.shape
         keys = k.shape[1]
         out = q.new_empty(groups, rows, v.shape[-1])
         div = q.new_empty(groups, rows)
-        ent = q.new_empty(groups, rows)
+        ent = q.new_zeros(groups, rows)
         kt = k.transpose(1, 2)
         step = _rows_per_block(groups, keys, rows, block_elements)
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
             s = torch.softmax(torch.bmm(q[:, r0:r1], kt), dim=-1)
             out[:, r0:r1] = torch.bmm(s, v)
-            t = _target_block(gy[:, r0:r1], gx[:, r0:r1], maps)
-            log_s = torch.add(s, eps).log_()
-            ent[:, r0:r1] = _row_dot(s, log_s).neg_()
-            log_t = torch.add(t, eps).log_()
-            div[:, r0:r1] = _row_dot(t.sub_(s), log_t.sub_(log_s))
+            s_eps = torch.add(s, eps)
+            if with_entropy:
+                ent[:, r0:r1] = _row_dot(s, torch.log(s_eps)).neg_()
+            t_eps = _target_block(gy[:, r0:r1], gx[:, r0:r1], maps, eps)
+            # log(T + eps) - log(S + eps) as one logarithm of the ratio; T - S as a difference
+            # of the two shifted maps.
+            log_ratio = torch.div(t_eps, s_eps).log_()
+            div[:, r0:r1] = _row_dot(t_eps.sub_(s_eps), log_ratio)
         ctx.save_for_backward(q, k, v, gy, gx)
         ctx.maps, ctx.eps, ctx.s_div_scale, ctx.step = maps, eps, s_div_scale, step
         return out, div, ent
@@ -109,45 +117,31 @@ class _FusedCorrelation(torch.autograd.Function):
                 dv.baddbmm_(s.transpose(1, 2), g_out[:, r0:r1])
             else:
                 ds = torch.zeros_like(s)
-            if g_div is not None or g_ent is not None:
-                s_eps = torch.add(s, eps)
-                log_s = torch.log(s_eps)
-                gd = g_div[:, r0:r1].unsqueeze(-1) if g_div is not None else None
-                ge = g_ent[:, r0:r1].unsqueeze(-1) if g_ent is not None else None
-                if gd is not None:
-                    t_eps = _target_block(gy[:, r0:r1], gx[:, r0:r1], maps).add_(eps)
-                    log_t = torch.log(t_eps)
-                    if need_target:
-                        # dT = g (log T - log S + 1 - (S + eps) / (T + eps)); the + 1 matters
-                        # when T's factors are free inputs.
-                        dt = (log_t - log_s).add_(1.0).sub_(s_eps / t_eps).mul_(gd)
-                        dt = dt.view(groups, r1 - r0, maps, height, width)
-                        dt = dt.sum(2).div_(maps) if maps > 1 else dt[:, :, 0]
-                        dgy[:, r0:r1] = torch.linalg.vecdot(dt, gx[:, r0:r1].unsqueeze(-2))
-                        dgx[:, r0:r1] = (dt * gy[:, r0:r1].unsqueeze(-1)).sum(-2)
-                inv_s = s_eps.reciprocal_()
-                # dS, up to a per-row constant (which the softmax backward removes):
-                #   cd (log S - log T - (T + eps) / (S + eps)) + ce (-log S + eps / (S + eps))
-                # with cd = g_div * s_div_scale and ce = g_ent.
-                cd = gd * ctx.s_div_scale if gd is not None else None
-                coef_log_s = (
-                    cd - ge
-                    if (cd is not None and ge is not None)
-                    else (cd if cd is not None else -ge)
-                )
-                ds.addcmul_(log_s, coef_log_s.expand_as(log_s))
-                if cd is not None:
-                    ds.addcmul_(log_t, cd.expand_as(log_t), value=-1.0)
-                    weight = t_eps.mul_(cd)
-                    if ge is not None:
-                        weight.sub_(ge * eps)
-                else:
-                    weight = (-eps * ge).expand_as(inv_s)
-                ds.addcmul_(inv_s, weight, value=-1.0)
+            s_eps = torch.add(s, eps)
+            if g_div is not None:
+                # With r = (T + eps) / (S + eps):
+                #   dDiv/dT = log r + 1 - 1 / r
+                #   dDiv/dS = -log r - r            (up to a per-row constant)
+                gd = g_div[:, r0:r1].unsqueeze(-1)
+                ratio = _target_block(gy[:, r0:r1], gx[:, r0:r1], maps, eps).div_(s_eps)
+                log_ratio = torch.log(ratio)
+                if need_target:
+                    dt = torch.add(log_ratio, 1.0).sub_(ratio.reciprocal()).mul_(gd)
+                    dt = dt.view(groups, r1 - r0, maps, height, width)
+                    dt = dt.sum(2).div_(maps) if maps > 1 else dt[:, :, 0]
+                    dgy[:, r0:r1] = torch.linalg.vecdot(dt, gx[:, r0:r1].unsqueeze(-2))
+                    dgx[:, r0:r1] = (dt * gy[:, r0:r1].unsqueeze(-1)).sum(-2)
+                cd = gd * ctx.s_div_scale
+                ds.addcmul_(log_ratio.add_(ratio), cd.expand_as(ratio), value=-1.0)
+            if g_ent is not None:
+                # dEnt/dS = -log(S + eps) + eps / (S + eps)   (up to a per-row constant)
+                ge = g_ent[:, r0:r1].unsqueeze(-1)
+                ds.addcmul_(torch.log(s_eps), ge.expand_as(s_eps), value=-1.0)
+                ds.addcmul_(s_eps.reciprocal_(), (ge * eps).expand_as(s_eps))
             dlogits = torch._softmax_backward_data(ds, s, -1, s.dtype)
             dq[:, r0:r1] = torch.bmm(dlogits, k)
             dk.baddbmm_(dlogits.transpose(1, 2), q_r)
-        return dq, dk, dv, dgy, dgx, None, None, None, None
+        return dq, dk, dv, dgy, dgx, None, None, None, None, None
 
 
 def fused_correlation(
@@ -160,12 +154,14 @@ def fused_correlation(
     eps: float = EPS,
     s_div_scale: float = 1.0,
     block_elements: int | None = None,
+    with_entropy: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Attention output, per-row Div(T, S) and per-row Ent(S) for grouped rows.
 
     ``q``: (G, R, dh), already scaled by 1/sqrt(dh); ``k``, ``v``: (G, K, dh) with
     ``K = maps * H * W``; ``gy``: (G, R, H); ``gx``: (G, R, W). Returns ``out`` (G, R, dh),
-    ``div`` (G, R) and ``ent`` (G, R).
+    ``div`` (G, R) and ``ent`` (G, R); ``with_entropy=False`` leaves ``ent`` at zero and saves
+    a logarithm per element (scoring needs no entropy).
     """
     block_elements = block_elements or BLOCK_ELEMENTS
     keys = k.shape[1]
@@ -173,7 +169,9 @@ def fused_correlation(
         raise ValueError(
             f"keys ({keys}) must equal maps * H * W = {maps} * {gy.shape[-1]} * {gx.shape[-1]}"
         )
-    return _FusedCorrelation.apply(q, k, v, gy, gx, maps, eps, s_div_scale, block_elements)
+    return _FusedCorrelation.apply(
+        q, k, v, gy, gx, maps, eps, s_div_scale, block_elements, with_entropy
+    )
 
 
 def correlation_attention(
@@ -186,6 +184,7 @@ def correlation_attention(
     eps: float = EPS,
     s_div_scale: float = 1.0,
     block_elements: int | None = None,
+    with_entropy: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Batched multi-head form: q (B, h, L, dh), k and v (Bk, h, K, dh) with Bk in {1, B}.
 
@@ -199,7 +198,7 @@ def correlation_attention(
         gyg = gy.transpose(0, 1).reshape(h, b * n, gy.shape[-1])
         gxg = gx.transpose(0, 1).reshape(h, b * n, gx.shape[-1])
         out, div, ent = fused_correlation(
-            qg, k[0], v[0], gyg, gxg, maps, eps, s_div_scale, block_elements
+            qg, k[0], v[0], gyg, gxg, maps, eps, s_div_scale, block_elements, with_entropy
         )
         out = out.reshape(h, b, n, -1).transpose(0, 1)
         return out, div.reshape(h, b, n).transpose(0, 1), ent.reshape(h, b, n).transpose(0, 1)
@@ -215,5 +214,6 @@ def correlation_attention(
         eps,
         s_div_scale,
         block_elements,
+        with_entropy,
     )
     return out.reshape(b, h, n, -1), div.reshape(b, h, n), ent.reshape(b, h, n)

@@ -56,28 +56,44 @@ def reconstruction_loss(tokens: Tensor, reconstruction: Tensor) -> Tensor:
 def fod_objective(
     output: FODOutput, variant: Variant, lambda1: float = 0.5, lambda2: float = 0.5
 ) -> LossTerms:
+    """The loss terms of one forward pass (computed with all statistics, the default)."""
+    needs = {"div_intra": variant.intra, "div_inter": variant.inter}
+    needs.update(ent_intra=variant.intra and variant.entropy)
+    needs.update(ent_inter=variant.inter and variant.entropy)
+    missing = [name for name, needed in needs.items() if needed and getattr(output, name) is None]
+    if missing:
+        raise ValueError(
+            f"the objective needs {', '.join(missing)}: call the model with its default "
+            "stats and entropy=True"
+        )
     rec = reconstruction_loss(output.tokens, output.reconstruction)
     total = 2.0 * rec
     loss1 = loss2 = rec.item()
     logged: dict[str, float] = {}
     if variant.intra:
-        div_g, ent_g = output.div_intra.mean(), output.ent_intra.mean()
+        div_g = output.div_intra.mean()
         total = total + lambda1 * div_g
         loss1 += lambda1 * div_g.item()
         loss2 -= lambda1 * div_g.item()
-        if variant.entropy:
-            total = total - lambda2 * ent_g
-            loss2 -= lambda2 * ent_g.item()
-        logged.update(div_intra=div_g.item(), ent_intra=ent_g.item())
+        logged.update(div_intra=div_g.item())
+        if output.ent_intra is not None:
+            ent_g = output.ent_intra.mean()
+            logged.update(ent_intra=ent_g.item())
+            if variant.entropy:
+                total = total - lambda2 * ent_g
+                loss2 -= lambda2 * ent_g.item()
     if variant.inter:
-        div_e, ent_e = output.div_inter.mean(), output.ent_inter.mean()
+        div_e = output.div_inter.mean()
         total = total - lambda1 * div_e
         loss1 -= lambda1 * div_e.item()
         loss2 += lambda1 * div_e.item()
-        if variant.entropy:
-            total = total + lambda2 * ent_e
-            loss2 += lambda2 * ent_e.item()
-        logged.update(div_inter=div_e.item(), ent_inter=ent_e.item())
+        logged.update(div_inter=div_e.item())
+        if output.ent_inter is not None:
+            ent_e = output.ent_inter.mean()
+            logged.update(ent_inter=ent_e.item())
+            if variant.entropy:
+                total = total + lambda2 * ent_e
+                loss2 += lambda2 * ent_e.item()
     return LossTerms(total, loss1, loss2, rec.item(), **logged)
 
 

@@ -29,6 +29,13 @@ def reconstruction_score(tokens: Tensor, reconstruction: Tensor) -> Tensor:
     return mse + 1.0 - F.cosine_similarity(tokens, reconstruction, dim=-1)
 
 
+def score_branches(variant: Variant) -> frozenset[str]:
+    """The branches whose Div the score of ``variant`` uses (the factor's branch only)."""
+    if variant.score == "rec" or not variant.has_correlation:
+        return frozenset()
+    return frozenset({"inter" if variant.inter else "intra"})
+
+
 def discrepancy_factor(output: FODOutput, variant: Variant) -> Tensor:
     """(B, L) correlation factor of the score (inter if present, else intra)."""
     if variant.inter:

@@ -27,6 +27,8 @@ from fod.model.attention import AttentionResult, CorrelationAttention
 from fod.model.positional import sincos_2d
 from fod.model.variant import LevelSpec, Variant
 
+BRANCHES = frozenset({"intra", "inter"})
+
 
 @dataclass
 class FODOutput:
@@ -67,16 +69,23 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
 
     def forward(
-        self, x: Tensor, reference: Tensor | None, height: int, width: int, maps: int
+        self,
+        x: Tensor,
+        reference: Tensor | None,
+        height: int,
+        width: int,
+        maps: int,
+        stats: frozenset[str] = BRANCHES,
+        entropy: bool = True,
     ) -> tuple[Tensor, AttentionResult | None, AttentionResult | None]:
         intra = inter = None
         if self.plain is not None:
             h = x + self.plain(x, x, height, width).out
         else:
             if self.intra is not None:
-                intra = self.intra(x, x, height, width)
+                intra = self.intra(x, x, height, width, 1, "intra" in stats, entropy)
             if self.inter is not None:
-                inter = self.inter(x, reference, height, width, maps)
+                inter = self.inter(x, reference, height, width, maps, "inter" in stats, entropy)
             if intra is not None and inter is not None:
                 h = intra.out - inter.out  # I2Correlation: (x + O_intra) - (x + O_inter)
             else:
@@ -86,7 +95,8 @@ class EncoderLayer(nn.Module):
         return x, intra, inter
 
 
-def _layer_mean(values: list[Tensor]) -> Tensor | None:
+def _layer_mean(values: list[Tensor | None]) -> Tensor | None:
+    values = [v for v in values if v is not None]
     return torch.stack(values).mean(0) if values else None
 
 
@@ -139,29 +149,43 @@ class FODTransformer(nn.Module):
         r = self.reference_embed(ref) + self.position
         return r.reshape(1, -1, self.spec.d_model)
 
-    def forward(self, features: Tensor) -> FODOutput:
-        """``features``: (B, C, H, W) pooled backbone features of this level."""
+    def forward(
+        self, features: Tensor, stats: frozenset[str] = BRANCHES, entropy: bool = True
+    ) -> FODOutput:
+        """``features``: (B, C, H, W) pooled backbone features of this level.
+
+        ``stats`` names the branches whose Div and Ent are computed (all for training); the
+        others run as plain attention, which is all that scoring needs of them.
+        ``entropy=False`` skips Ent (its fields are None), which scoring does not use.
+        """
         self.check_features(features)
         s = self.spec
         tokens = features.flatten(2).transpose(1, 2)
         z = self.embed(tokens) + self.position
         reference = self.embedded_reference() if self.variant.inter else None
         maps = self.variant.reference_maps
-        stats: dict[str, list[Tensor]] = {"di": [], "ei": [], "de": [], "ee": []}
+        per_layer: dict[str, list[Tensor]] = {"di": [], "ei": [], "de": [], "ee": []}
         for layer in self.layers:
-            z, intra, inter = layer(z, reference, s.height, s.width, maps)
+            z, intra, inter = layer(z, reference, s.height, s.width, maps, stats, entropy)
             if intra is not None:
-                stats["di"].append(intra.div)
-                stats["ei"].append(intra.ent)
+                per_layer["di"].append(intra.div)
+                per_layer["ei"].append(intra.ent)
             if inter is not None:
-                stats["de"].append(inter.div)
-                stats["ee"].append(inter.ent)
+                per_layer["de"].append(inter.div)
+                per_layer["ee"].append(inter.ent)
         reconstruction = self.head(self.norm(z))
         return FODOutput(
             tokens,
             reconstruction,
-            _layer_mean(stats["di"]),
-            _layer_mean(stats["ei"]),
-            _layer_mean(stats["de"]),
-            _layer_mean(stats["ee"]),
+            _layer_mean(per_layer["di"]),
+            _layer_mean(per_layer["ei"]),
+            _layer_mean(per_layer["de"]),
+            _layer_mean(per_layer["ee"]),
         )
+
+    def score(self, features: Tensor) -> Tensor:
+        """(B, H, W) per-token anomaly scores, computing only the statistics they use."""
+        from fod.model.scores import score_branches, token_scores
+
+        output = self(features, stats=score_branches(self.variant), entropy=False)
+        return token_scores(output, self.variant, self.spec.height, self.spec.width)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from fod.backbone import FeatureExtractor
 from fod.data import ImageDataset, Sample
-from fod.model import FODTransformer, token_scores
+from fod.model import FODTransformer
 from fod.scoring.anomaly_map import DEFAULT_SIGMA, anomaly_map, image_scores
 
 
@@ -30,10 +30,7 @@ def level_scores(levels: Sequence[FODTransformer], features: Sequence[Tensor]) -
     """(B, H_l, W_l) token scores of each level for its (B, C_l, H_l, W_l) features."""
     if len(levels) != len(features):
         raise ValueError(f"{len(levels)} level models but {len(features)} feature levels")
-    return [
-        token_scores(model(f), model.variant, model.spec.height, model.spec.width)
-        for model, f in zip(levels, features, strict=True)
-    ]
+    return [model.score(f) for model, f in zip(levels, features, strict=True)]
 
 
 class Detector(nn.Module):
