@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 #: Subcommand modules, in the order ``fod --help`` lists them.
 COMMANDS: list[str] = [
+    "fod.cli.commands.demo",
     "fod.cli.commands.train",
     "fod.cli.commands.test",
     "fod.cli.commands.predict",

@@ -359,9 +359,9 @@ def _local_defect(
         target = np.clip(img + delta, 0.0, 1.0)
         return _over(img, alpha * fade, target), alpha >= _MASK_LEVEL
     if name == "hole":
-        shape = _blob(rng, cv, rng.uniform(0.04, 0.06) * n)
+        shape = _blob(rng, cv, rng.uniform(0.045, 0.065) * n)
         alpha = _shape_alpha(shape)
-        k = rng.uniform(0.35, 0.5)
+        k = rng.uniform(0.45, 0.6)
         blurred = ndimage.gaussian_filter(img, (1.2 * s, 1.2 * s, 0))
         rim = ndimage.gaussian_filter(shape.astype(np.float64), 1.5 * s)  # darker towards centre
         target = blurred * (1 - k * (0.6 + 0.4 * rim[..., None])) + k * np.asarray(style.hole_rgb)
@@ -515,9 +515,9 @@ class _Tiles(_Scene):
         last_j = int(np.floor((cv.size - 2.0 - self.oy) / self.pitch)) - 1
         ki = int(rng.integers(first_i, last_i + 1))
         kj = int(rng.integers(first_j, last_j + 1))
-        shift = rng.uniform(2.2, 3.2) * cv.s
+        shift = rng.uniform(3.0, 4.0) * cv.s
         direction = rng.uniform(0.0, 2 * np.pi)
-        turn = np.deg2rad(rng.uniform(3.0, 6.0) * rng.choice([-1.0, 1.0]))
+        turn = np.deg2rad(rng.uniform(5.0, 8.0) * rng.choice([-1.0, 1.0]))
         cx = self.ox + (ki + 0.5) * self.pitch + shift * np.cos(direction)
         cy = self.oy + (kj + 0.5) * self.pitch + shift * np.sin(direction)
         dx, dy = cv.xx - cx, cv.yy - cy
