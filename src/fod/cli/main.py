@@ -28,6 +28,7 @@ COMMANDS: list[str] = [
     "fod.cli.commands.generate",
     "fod.cli.commands.ablate",
     "fod.cli.commands.bench",
+    "fod.cli.commands.export",
 ]
 
 EXIT_ERROR = 2

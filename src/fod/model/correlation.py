@@ -25,6 +25,10 @@ spec section 5 in one backward pass (the target side keeps its sign).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 from torch import Tensor
 
@@ -32,6 +36,8 @@ EPS = 1e-4
 # Elements of one (groups x rows x keys) block; about 2 MB in float32, so that the dozen
 # temporaries of a block stay in the last-level cache.
 BLOCK_ELEMENTS = 1 << 19
+# Set by plain_correlation_mode(): compute with ordinary tensor ops (see plain_correlation).
+_PLAIN = ContextVar("fod_plain_correlation", default=False)
 
 
 def _rows_per_block(groups: int, keys: int, rows: int, block_elements: int) -> int:
@@ -144,6 +150,58 @@ class _FusedCorrelation(torch.autograd.Function):
         return dq, dk, dv, dgy, dgx, None, None, None, None, None
 
 
+@contextmanager
+def plain_correlation_mode() -> Iterator[None]:
+    """Within this block, :func:`correlation_attention` and :func:`fused_correlation` use
+    :func:`plain_correlation` instead of the custom autograd Function.
+
+    Tracing (``torch.jit.trace``, ``torch.onnx.export(dynamo=False)``) does so by itself: the
+    ONNX exporter inlines the Function's forward but loses its in-place block writes, which
+    would export a graph that silently returns zeros.
+    """
+    token = _PLAIN.set(True)
+    try:
+        yield
+    finally:
+        _PLAIN.reset(token)
+
+
+def _use_plain() -> bool:
+    return _PLAIN.get() or torch.jit.is_tracing()
+
+
+def plain_correlation(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gy: Tensor,
+    gx: Tensor,
+    maps: int = 1,
+    eps: float = EPS,
+    s_div_scale: float = 1.0,
+    with_entropy: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """What :func:`fused_correlation` computes, in one block of ordinary tensor ops.
+
+    Any leading dimensions: ``q`` (..., R, dh), ``k`` and ``v`` (..., K, dh) broadcast against
+    ``q`` (a key set of batch 1 serves every image), ``gy`` (..., R, H), ``gx`` (..., R, W).
+    It materialises the full (..., R, K) maps, so it is for export and tests, not training;
+    autograd still gives the fused path's gradients, ``s_div_scale`` included.
+    """
+    s = torch.softmax(torch.matmul(q, k.transpose(-1, -2)), dim=-1)
+    out = torch.matmul(s, v)
+    ent = -(s * torch.log(s + eps)).sum(-1) if with_entropy else torch.zeros_like(s[..., 0])
+    if s_div_scale != 1.0 and torch.is_grad_enabled():  # same value, scaled gradient
+        s = s * s_div_scale + s.detach() * (1.0 - s_div_scale)
+    t = (gy / maps).unsqueeze(-1) * gx.unsqueeze(-2)
+    t = t.flatten(-2)
+    if maps > 1:
+        t = torch.cat([t] * maps, dim=-1)
+    t_eps, s_eps = t + eps, s + eps
+    div = ((t_eps - s_eps) * torch.log(t_eps / s_eps)).sum(-1)
+    return out, div, ent
+
+
 def fused_correlation(
     q: Tensor,
     k: Tensor,
@@ -169,6 +227,8 @@ def fused_correlation(
         raise ValueError(
             f"keys ({keys}) must equal maps * H * W = {maps} * {gy.shape[-1]} * {gx.shape[-1]}"
         )
+    if _use_plain():
+        return plain_correlation(q, k, v, gy, gx, maps, eps, s_div_scale, with_entropy)
     return _FusedCorrelation.apply(
         q, k, v, gy, gx, maps, eps, s_div_scale, block_elements, with_entropy
     )
@@ -192,6 +252,8 @@ def correlation_attention(
     per image: the batch's rows are stacked under each head instead.
     Returns out (B, h, L, dh), div (B, h, L), ent (B, h, L).
     """
+    if _use_plain():
+        return plain_correlation(q, k, v, gy, gx, maps, eps, s_div_scale, with_entropy)
     b, h, n, dh = q.shape
     if k.shape[0] == 1 and b > 1:
         qg = q.transpose(0, 1).reshape(h, b * n, dh)

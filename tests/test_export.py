@@ -1,0 +1,269 @@
+"""ONNX export: onnxruntime on the exported file scores exactly like the checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+import onnx
+from test_api_cli import OPTIONS, S, make_category
+
+import fod
+import fod.model.correlation as correlation
+from fod.api import FOD, NotFittedError
+from fod.cli.main import main
+from fod.config import FODConfig
+from fod.data import load_batch
+from fod.errors import CheckpointError
+from fod.export import ExportError, check_onnx, export_onnx, read_metadata, run_onnx
+from fod.model import FODTransformer, LevelSpec, Variant
+from fod.model.correlation import (
+    correlation_attention,
+    plain_correlation,
+    plain_correlation_mode,
+)
+
+BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_category(tmp_path_factory.mktemp("data") / "widget")
+
+
+@pytest.fixture(scope="module")
+def model_file(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = FOD(device="cpu", progress=False, **{**OPTIONS, "epochs": 1}).fit(data)
+    return model.save(tmp_path_factory.mktemp("model") / "widget.pt")
+
+
+@pytest.fixture(scope="module")
+def onnx_file(model_file: Path) -> Path:
+    return export_onnx(model_file, model_file.with_name("widget.onnx"), batch_size=BATCH)
+
+
+def test_onnx_scores_like_the_checkpoint(model_file: Path, onnx_file: Path, data: Path) -> None:
+    # Real test images, not the random batch the graph was traced with.
+    paths = sorted((data / "test").rglob("*.png"))
+    assert len(paths) == 2 * BATCH
+    images = load_batch(paths, S)
+    model = FOD.load(model_file, device="cpu", progress=False)
+    ref_maps, ref_scores = model.score(images)
+    ref_maps, ref_scores = ref_maps.numpy(), ref_scores.numpy()
+    chunks = [run_onnx(onnx_file, images[i : i + BATCH]) for i in range(0, len(paths), BATCH)]
+    maps = np.concatenate([m for m, _ in chunks])
+    scores = np.concatenate([s for _, s in chunks])
+    assert maps.dtype == np.float32 and maps.shape == (2 * BATCH, S, S)
+    assert scores.dtype == np.float32 and scores.shape == (2 * BATCH,)
+    np.testing.assert_allclose(maps, ref_maps, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-5)
+    # Small against what separates images, too: a few float32 roundings, no more.
+    spread = float(ref_scores.max() - ref_scores.min())
+    assert spread > 0 and np.abs(scores - ref_scores).max() <= 1e-3 * spread
+    assert np.abs(maps - ref_maps).max() <= 1e-4 * float(np.abs(ref_maps).max())
+    # Same decisions wherever the score is not within rounding of the threshold.
+    clear = np.abs(ref_scores - model.threshold) > 1e-4
+    assert np.array_equal((scores > model.threshold)[clear], (ref_scores > model.threshold)[clear])
+
+
+def test_onnx_graph_signature_and_metadata(model_file: Path, onnx_file: Path) -> None:
+    graph = onnx.load(str(onnx_file))
+    onnx.checker.check_model(graph)
+
+    def dims(value: onnx.ValueInfoProto) -> list[int]:
+        return [d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    (inp,) = graph.graph.input
+    assert inp.name == "images" and dims(inp) == [BATCH, 3, S, S]
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    outs = {o.name: dims(o) for o in graph.graph.output}
+    assert outs == {"maps": [BATCH, S, S], "scores": [BATCH]}
+
+    props = {p.key: p.value for p in graph.metadata_props}
+    model = FOD.load(model_file, device="cpu", progress=False)
+    assert float(props["threshold"]) == model.threshold
+    assert props["image_size"] == str(S) and props["fod_version"] == fod.__version__
+    assert FODConfig.from_dict(json.loads(props["config"])) == model.config
+    meta = read_metadata(onnx_file)
+    assert meta["threshold"] == model.threshold and meta["image_size"] == S
+    assert meta["batch_size"] == BATCH and meta["opset"] == 17
+    assert meta["heatmap_range"] == list(model.heatmap_range)
+
+
+# ------------------------------------------------------------------ the plain correlation path
+
+
+def _inputs(b: int, shared: bool, heads: int, maps: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """q, k, v, gy, gx of correlation_attention; ``shared``: one key set for the batch."""
+    n, h, w, dh = 12, 3, 4, 5
+    bk = 1 if shared else b
+    keys = maps * h * w
+    return [
+        torch.randn(b, heads, n, dh, dtype=dtype),
+        torch.randn(bk, heads, keys, dh, dtype=dtype),
+        torch.randn(bk, heads, keys, dh, dtype=dtype),
+        torch.softmax(torch.randn(b, heads, n, h, dtype=dtype), -1),
+        torch.softmax(torch.randn(b, heads, n, w, dtype=dtype), -1),
+    ]
+
+
+@pytest.mark.parametrize("maps", [1, 3])
+@pytest.mark.parametrize("shared", [True, False])
+def test_plain_correlation_equals_fused(
+    maps: int, shared: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(correlation, "BLOCK_ELEMENTS", 64)  # several row blocks on the fast path
+    torch.manual_seed(maps * 10 + shared)
+    # float64: values and gradients (minimax sign included) agree to rounding
+    args = [a.requires_grad_() for a in _inputs(2, shared, 2, maps, torch.float64)]
+    weights = [torch.randn(2, 2, 12, 5, dtype=torch.float64), torch.randn(2, 2, 12)]
+    weights.append(torch.randn(2, 2, 12, dtype=torch.float64))
+    fast = correlation_attention(*args, maps=maps, s_div_scale=-1.0)
+    plain = plain_correlation(*args, maps=maps, s_div_scale=-1.0)
+    for a, b in zip(fast, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+    def grads(outputs):
+        loss = sum((o * wt).sum() for o, wt in zip(outputs, weights, strict=True))
+        return torch.autograd.grad(loss, args)
+
+    for a, b in zip(grads(fast), grads(plain), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+    # float32, as exported: the switch gives the plain path, and it matches the fast one
+    args32 = _inputs(3, shared, 2, maps, torch.float32)
+    with torch.no_grad():
+        fast = correlation_attention(*args32, maps=maps, with_entropy=False)
+        with plain_correlation_mode():
+            plain = correlation_attention(*args32, maps=maps, with_entropy=False)
+    for a, b in zip(fast, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not bool(plain[2].any())  # no entropy asked for: zeros, as on the fast path
+
+
+def test_plain_mode_gives_the_same_token_scores() -> None:
+    torch.manual_seed(7)
+    spec = LevelSpec(channels=12, height=5, width=7, d_model=16, heads=2, layers=2)
+    for variant in (Variant(), Variant(reference="coreset", coreset_size=3, score="div")):
+        reference = torch.randn(variant.reference_maps, 12, 5, 7)
+        model = FODTransformer(spec, variant, reference).eval()
+        features = torch.randn(3, 12, 5, 7)
+        with torch.no_grad():
+            fast = model.score(features)
+            with plain_correlation_mode():
+                plain = model.score(features)
+            again = model.score(features)
+        torch.testing.assert_close(plain, fast, rtol=1e-5, atol=1e-6)
+        assert torch.equal(again, fast)  # the mode ends with its block
+
+
+# ------------------------------------------------------------------ other variants, dynamic batch
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    from fod.backbone import create_backbone
+
+    return create_backbone(OPTIONS["backbone"])
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"inter": False, "score": "div"},
+        {"reference": "coreset", "coreset_size": 2, "output_projection": True},
+        {"intra": False, "inter": False, "score": "rec", "entropy": False},
+    ],
+    ids=["intra", "coreset", "patch"],
+)
+def test_variants_export_with_a_dynamic_batch(
+    variant: dict, backbone, data: Path, tmp_path: Path
+) -> None:
+    """Untrained levels of other variants: the graph must still compute Detector's values."""
+    torch.manual_seed(3)
+    model = FOD(device="cpu", progress=False, threshold=1.0, **{**OPTIONS, **variant})
+    config = model.config
+    with torch.no_grad():
+        features = backbone(torch.rand(2, 3, S, S))
+    levels = []
+    for d, f in zip(config.d_model, features, strict=True):
+        _, c, h, w = f.shape
+        spec = LevelSpec(c, h, w, d, config.heads, config.num_layers, config.ffn_ratio)
+        k = config.variant.reference_maps
+        levels.append(FODTransformer(spec, config.variant, f[:1].repeat(k, 1, 1, 1)).eval())
+    model.backbone, model.levels = backbone, levels
+    path = export_onnx(model, tmp_path / "v.onnx", batch_size=2, dynamic_batch=True)
+    assert read_metadata(path)["batch_size"] is None
+    images = load_batch(sorted((data / "test").rglob("*.png"))[:3], S)
+    for batch in (images, images[:1]):  # traced with 2, run with 3 and 1
+        result = check_onnx(path, model, batch)
+        assert result.ok and result.batch_size == len(batch), result.summary()
+
+
+# ------------------------------------------------------------------ CLI and errors
+
+
+def test_cli_export_check(model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli.onnx"
+    rc = main(["export", str(model_file), "--out", str(out), "--batch-size", "2", "--check"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and out.is_file()
+    assert "max |difference| maps" in printed and ": OK" in printed
+    assert "(2, 3, 64, 64)" in printed
+    assert read_metadata(out)["batch_size"] == 2
+
+
+def test_check_finds_a_model_that_scores_differently(model_file: Path, onnx_file: Path) -> None:
+    model = FOD.load(model_file, device="cpu", progress=False)
+    assert check_onnx(onnx_file, model).ok
+    with torch.no_grad():
+        model.levels[0].head.bias.add_(0.5)  # another model than the exported one
+    result = check_onnx(onnx_file, model)
+    assert not result.ok and "MISMATCH" in result.summary()
+    with pytest.raises(ExportError, match="scores differently"):
+        check_onnx(onnx_file, model, raise_on_mismatch=True)
+
+
+def test_export_errors(
+    model_file: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(CheckpointError, match="model file not found"):
+        export_onnx(missing, tmp_path / "x.onnx")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="cannot read this model file"):
+        export_onnx(bad, tmp_path / "x.onnx")
+    with pytest.raises(NotFittedError):
+        export_onnx(FOD(**OPTIONS), tmp_path / "x.onnx")
+    with pytest.raises(TypeError, match="model file"):
+        export_onnx(42, tmp_path / "x.onnx")
+    with pytest.raises(ExportError, match="batch size"):
+        export_onnx(model_file, tmp_path / "x.onnx", batch_size=0)
+    with pytest.raises(ExportError, match="opset 9"):
+        export_onnx(model_file, tmp_path / "x.onnx", opset=9)
+    not_onnx = tmp_path / "not.onnx"
+    not_onnx.write_bytes(b"garbage")
+    with pytest.raises(ExportError, match="cannot"):
+        run_onnx(not_onnx, torch.zeros(1, 3, S, S))
+    assert not (tmp_path / "x.onnx").exists()
+
+    image = data / "test" / "good" / "000.png"
+    for model, why in [
+        (missing, "model file not found"),
+        (bad, "cannot read this model file"),
+        (image, "it is an image, not a model file"),
+    ]:
+        assert main(["export", str(model), "--out", str(tmp_path / "x.onnx")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and str(model) in err and why in err
+        assert "Traceback" not in err
+    assert main(["export", str(model_file), "--batch-size", "0"]) == 2
+    assert "batch size" in capsys.readouterr().err
