@@ -1,0 +1,99 @@
+"""End to end: the demo, generated data through the CLI, and a smoke test on real MTD data."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fod.cli.main import main
+from fod.config import FODConfig
+from fod.data.synthetic import generate
+from fod.demo import run_demo
+
+MTD = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mtd"
+TINY = [
+    "--backbone", "efficientnet_lite0", "--image-size", "64", "--d-model", "32", "32",
+    "--heads", "2", "--num-layers", "1", "--batch-size", "4", "--lr", "1e-3", "--quiet",
+]  # fmt: skip
+
+
+def test_generated_data_train_test_predict(tmp_path: Path) -> None:
+    """Train on generated boards, test, predict: defects score above normal images."""
+    data = generate(
+        tmp_path / "data", ("board",), image_size=64, n_train=16, n_test_good=6,
+        n_test_per_defect=3, seed=1,
+    )  # fmt: skip
+    category = data / "board"
+    model = tmp_path / "board.pt"
+    assert main(["train", str(category), "--out", str(model), *TINY, "--epochs", "8"]) == 0
+    assert main(["test", str(model), str(category), "--json", str(tmp_path / "r.json")]) == 0
+    results = json.loads((tmp_path / "r.json").read_text())["categories"]["board"]
+    assert results["image_auroc"] > 0.5
+    out = tmp_path / "pred"
+    assert main(["predict", str(model), str(category / "test"), "--out", str(out)]) == 0
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 + 3 * 4  # good + 4 defect types
+    scores = {"good": [], "defect": []}
+    for row in rows:
+        kind = "good" if "/good/" in row["path"].replace("\\", "/") else "defect"
+        scores[kind].append(float(row["score"]))
+    assert np.mean(scores["defect"]) > np.mean(scores["good"])
+    assert len(list(out.rglob("*.png"))) == len(rows)
+
+
+def test_demo_writes_the_report(tmp_path: Path) -> None:
+    """The demo pipeline with tiny sizes: tables, panels and loss plots for every category."""
+    config = FODConfig(
+        backbone="efficientnet_lite0", image_size=64, d_model=(32, 32), heads=2,
+        num_layers=1, epochs=2, batch_size=4, lr=1e-3,
+    )  # fmt: skip
+    sizes = {"image_size": 64, "n_train": 8, "n_test_good": 3, "n_test_per_defect": 1}
+    summary = run_demo(
+        tmp_path / "demo", config, device="cpu", examples=1, progress=False,
+        log=lambda _: None, data_sizes=sizes,
+    )  # fmt: skip
+    out = tmp_path / "demo"
+    stored = json.loads((out / "results.json").read_text())
+    assert set(stored["categories"]) == {"board", "fabric", "tiles"}
+    for name, entry in stored["categories"].items():
+        for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max"):
+            assert 0.0 <= entry[key] <= 1.0, (name, key)
+        report = out / "report" / name
+        assert (report / "losses.png").is_file()
+        assert (report / "good").is_dir() and len(list(report.rglob("*.png"))) >= 3
+        assert (out / "models" / f"{name}.pt").is_file()
+    mean = np.mean([e["image_auroc"] for e in stored["categories"].values()])
+    assert stored["mean"]["image_auroc"] == pytest.approx(mean)
+    assert summary["categories"] == stored["categories"]
+    assert "| board |" in (out / "results.md").read_text()
+
+
+@pytest.mark.skipif(not MTD.is_dir(), reason=f"MTD data set not found at {MTD}")
+def test_mtd_subset_smoke(tmp_path: Path) -> None:
+    """A few real magnetic-tile images (linked, not copied) through train and test."""
+    category = tmp_path / "mtd"
+    picks = {
+        "train/good": sorted((MTD / "train" / "good").iterdir())[:12],
+        "test/good": sorted((MTD / "test" / "good").iterdir())[:4],
+        "test/blowhole": sorted((MTD / "test" / "blowhole").iterdir())[:3],
+    }
+    for folder, files in picks.items():
+        (category / folder).mkdir(parents=True)
+        for f in files:
+            (category / folder / f.name).symlink_to(f)
+    masks = category / "ground_truth" / "blowhole"
+    masks.mkdir(parents=True)
+    for f in picks["test/blowhole"]:
+        name = f"{f.stem}_mask.png"
+        (masks / name).symlink_to(MTD / "ground_truth" / "blowhole" / name)
+    model = tmp_path / "mtd.pt"
+    assert main(["train", str(category), "--out", str(model), *TINY, "--epochs", "1"]) == 0
+    assert main(["test", str(model), str(category), "--json", str(tmp_path / "r.json")]) == 0
+    entry = json.loads((tmp_path / "r.json").read_text())["categories"]["mtd"]
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert 0.0 <= entry[key] <= 1.0
