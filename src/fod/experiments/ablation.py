@@ -11,7 +11,6 @@ interrupted row resumes from its training state, so re-running the command redoe
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +20,6 @@ import numpy as np
 import torch
 
 from fod.config import FODConfig
-from fod.errors import CheckpointError
 from fod.experiments.ablation_rows import AblationRow, ablation_rows
 from fod.io import write_json, write_text
 
@@ -63,24 +61,9 @@ def _row_record(row: AblationRow, metrics: dict[str, Any], seconds: float) -> di
 
 def _load_finished(path: Path, config: FODConfig) -> dict[str, Any] | None:
     """A finished row's record, refusing one made with other settings."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        stored = FODConfig.from_dict(data["config"])
-        record = dict(data["record"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(
-            f"{path}: unreadable ablation row ({exc}); delete it to redo the row"
-        ) from exc
-    diff = stored.differences(config.replace(variant=stored.variant))
-    if diff:
-        detail = "; ".join(f"{k}: there {v[0]!r}, now {v[1]!r}" for k, v in diff.items())
-        raise CheckpointError(
-            f"{path}: this row was made with other settings ({detail}). Use another output "
-            "folder, or the same settings."
-        )
-    return record
+    from fod.training.checkpoint import load_run_result
+
+    return dict(load_run_result(path, config, "record", "row")) if path.is_file() else None
 
 
 def _test_masks(samples: Sequence[Any], image_size: int) -> tuple[np.ndarray, np.ndarray, list]:

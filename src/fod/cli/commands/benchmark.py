@@ -8,7 +8,6 @@ its state. Results made with other settings are refused rather than mixed into o
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -46,25 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def _finished(path: Path, config: Any) -> dict[str, Any]:
     """The metrics of a finished category, refusing results made with other settings."""
-    from fod.config import FODConfig
-    from fod.errors import CheckpointError
+    from fod.training.checkpoint import load_run_result
 
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        stored = FODConfig.from_dict(data["config"])
-        metrics = dict(data["metrics"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(
-            f"{path}: unreadable benchmark result ({exc}); delete it to run the category again"
-        ) from exc
-    diff = stored.differences(config)
-    if diff:
-        detail = "; ".join(f"{k}: there {v[0]!r}, now {v[1]!r}" for k, v in diff.items())
-        raise CheckpointError(
-            f"{path}: this result was made with other settings ({detail}). Use another --out "
-            "folder, or the same settings."
-        )
-    return metrics
+    return dict(load_run_result(path, config, "metrics", "result"))
 
 
 def run(args: argparse.Namespace) -> int:
