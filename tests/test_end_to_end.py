@@ -11,7 +11,7 @@ import pytest
 
 from fod.cli.main import main
 from fod.config import FODConfig
-from fod.data.synthetic import generate
+from fod.data.synthetic import CATEGORIES, generate
 from fod.demo import run_demo
 
 MTD = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mtd"
@@ -37,7 +37,7 @@ def test_generated_data_train_test_predict(tmp_path: Path) -> None:
     assert main(["predict", str(model), str(category / "test"), "--out", str(out)]) == 0
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 6 + 3 * 4  # good + 4 defect types
+    assert len(rows) == 6 + 3 * len(CATEGORIES["board"].defects)
     scores = {"good": [], "defect": []}
     for row in rows:
         kind = "good" if "/good/" in row["path"].replace("\\", "/") else "defect"
