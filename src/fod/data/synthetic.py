@@ -462,7 +462,7 @@ class _Tiles(_Scene):
         scratch_sign=-1.0,
         scratch_contrast=(0.4, 0.5),
         color_shift=(0.2, 0.3),
-        hole_rgb=(0.30, 0.27, 0.24),
+        hole_rgb=(0.22, 0.20, 0.17),
         stain_rgb=(0.0, 0.0, 0.0),
     )
 
@@ -515,9 +515,9 @@ class _Tiles(_Scene):
         last_j = int(np.floor((cv.size - 2.0 - self.oy) / self.pitch)) - 1
         ki = int(rng.integers(first_i, last_i + 1))
         kj = int(rng.integers(first_j, last_j + 1))
-        shift = rng.uniform(3.0, 4.0) * cv.s
+        shift = rng.uniform(3.5, 4.5) * cv.s
         direction = rng.uniform(0.0, 2 * np.pi)
-        turn = np.deg2rad(rng.uniform(5.0, 8.0) * rng.choice([-1.0, 1.0]))
+        turn = np.deg2rad(rng.uniform(6.0, 9.0) * rng.choice([-1.0, 1.0]))
         cx = self.ox + (ki + 0.5) * self.pitch + shift * np.cos(direction)
         cy = self.oy + (kj + 0.5) * self.pitch + shift * np.sin(direction)
         dx, dy = cv.xx - cx, cv.yy - cy
