@@ -97,9 +97,4 @@ def fod_objective(
     return LossTerms(total, loss1, loss2, rec.item(), **logged)
 
 
-def objective_value(terms: LossTerms) -> float:
-    """loss1 + loss2: the quantity whose gradient one training step follows."""
-    return terms.loss1 + terms.loss2
-
-
-__all__ = ["LossTerms", "fod_objective", "objective_value", "reconstruction_loss"]
+__all__ = ["LossTerms", "fod_objective", "reconstruction_loss"]
