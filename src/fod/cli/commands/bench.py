@@ -1,4 +1,5 @@
-"""``fod bench step``: time and memory of a training step and a test image, fast vs direct."""
+"""``fod bench step`` (time and memory of a training step and a test image, fast vs direct)
+and ``fod bench baselines`` (training-free scorers on FOD's own features)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import argparse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from fod.bench import step
+    from fod.bench import baselines, step
 
     parser = subparsers.add_parser(
         "bench",
-        help="performance benchmarks (fod bench step)",
-        description="Performance benchmarks.",
+        help="benchmarks: speed (fod bench step), feature baselines (fod bench baselines)",
+        description="Benchmarks of speed and of what the features alone achieve.",
     )
     kinds = parser.add_subparsers(dest="bench", metavar="KIND", required=True)
     sub = kinds.add_parser(
@@ -21,11 +22,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     step.add_arguments(sub)
+    sub = kinds.add_parser(
+        "baselines",
+        help="training-free scorers (mean, Gaussian, nearest neighbour) on FOD's features",
+        description=baselines.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    baselines.add_arguments(sub)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from fod.bench import step
+    from fod.bench import baselines, step
 
-    step.run_from_args(args)
+    if args.bench == "baselines":
+        baselines.run_from_args(args)
+    else:
+        step.run_from_args(args)
     return 0

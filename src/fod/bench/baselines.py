@@ -1,0 +1,231 @@
+"""`fod bench baselines`: training-free scorers on the very features FOD is trained on.
+
+They answer two questions a FOD result alone cannot: do the features carry the defects at all
+(if a nearest-neighbour or Gaussian scorer finds them, they do), and has training taught the
+transformers more than the per-position mean of the training set (the "mean" scorer is what a
+reconstruction that has learnt nothing but the average would give). Every scorer sees the same
+backbone, input size and pooled maps as FOD, and goes through the same heat-map pipeline
+(bilinear upsampling, level average, blurred maximum) and the same metrics.
+
+- ``mean``: squared distance to the per-position mean of the training maps, averaged over
+  channels.
+- ``gaussian``: Mahalanobis distance to a per-position Gaussian with a ridge on the
+  covariance (the PaDiM idea, without its random channel subset).
+- ``nearest``: Euclidean distance to the nearest training patch of the same level, searched
+  in a random subsample of all training patches (the PatchCore idea, without its coreset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fod.scoring.anomaly_map import anomaly_map, image_scores
+
+BASELINES = ("mean", "gaussian", "nearest")
+DEFAULT_RIDGE = 0.01
+DEFAULT_BANK = 40_000
+
+
+def _check(train: Tensor, test: Tensor) -> None:
+    if train.dim() != 4 or test.dim() != 4 or train.shape[1:] != test.shape[1:]:
+        raise ValueError(
+            f"train and test maps must be (N, C, H, W) with equal C, H, W; got "
+            f"{tuple(train.shape)} and {tuple(test.shape)}"
+        )
+    if train.shape[0] == 0:
+        raise ValueError("no training maps")
+
+
+def mean_distance(train: Tensor, test: Tensor) -> Tensor:
+    """(N, H, W): mean over channels of (x - mean of the training maps at that position)^2."""
+    _check(train, test)
+    return (test - train.mean(0, keepdim=True)).pow(2).mean(1)
+
+
+def gaussian_distance(train: Tensor, test: Tensor, ridge: float = DEFAULT_RIDGE) -> Tensor:
+    """(N, H, W): Mahalanobis distance to each position's Gaussian, covariance + ridge * I."""
+    _check(train, test)
+    if train.shape[0] < 2:
+        raise ValueError("a Gaussian per position needs at least 2 training maps")
+    n, c, h, w = train.shape
+    x = train.double().permute(2, 3, 0, 1).reshape(h * w, n, c)
+    mu = x.mean(1, keepdim=True)
+    xc = x - mu
+    cov = xc.transpose(1, 2) @ xc / (n - 1)
+    cov = cov + ridge * torch.eye(c, dtype=cov.dtype)
+    precision = torch.linalg.inv(cov)
+    y = test.double().permute(2, 3, 0, 1).reshape(h * w, -1, c) - mu
+    d2 = torch.einsum("lnc,lcd,lnd->ln", y, precision, y).clamp_min(0)
+    return d2.sqrt().T.reshape(-1, h, w).to(test.dtype)
+
+
+def nearest_distance(
+    train: Tensor,
+    test: Tensor,
+    bank_size: int = DEFAULT_BANK,
+    seed: int = 0,
+    chunk: int = 4096,
+) -> Tensor:
+    """(N, H, W): distance of each test patch to the nearest of ``bank_size`` training patches
+    drawn at random (seeded) from all positions of all training maps (all of them if fewer)."""
+    _check(train, test)
+    c, h, w = train.shape[1:]
+    bank = train.permute(0, 2, 3, 1).reshape(-1, c)
+    if bank.shape[0] > bank_size:
+        g = torch.Generator().manual_seed(int(seed))
+        bank = bank[torch.randperm(bank.shape[0], generator=g)[:bank_size]]
+    queries = test.permute(0, 2, 3, 1).reshape(-1, c)
+    out = [torch.cdist(queries[i : i + chunk], bank).amin(1) for i in range(0, len(queries), chunk)]
+    return torch.cat(out).reshape(-1, h, w)
+
+
+SCORERS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "mean": mean_distance,
+    "gaussian": gaussian_distance,
+    "nearest": nearest_distance,
+}
+
+
+def score_baseline(
+    name: str, train: Sequence[Tensor], test: Sequence[Tensor], image_size: int
+) -> tuple[Tensor, Tensor]:
+    """Heat maps (N, S, S) and image scores (N,) of baseline ``name`` over all feature levels."""
+    if name not in SCORERS:
+        raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    if len(train) != len(test):
+        raise ValueError(f"{len(train)} training levels but {len(test)} test levels")
+    levels = [SCORERS[name](a, b) for a, b in zip(train, test, strict=True)]
+    maps = anomaly_map(levels, image_size)
+    return maps, image_scores(maps)
+
+
+def run_baselines(
+    root: str | Path,
+    image_size: int = 256,
+    backbone: str = "efficientnet_lite2",
+    weights: str | None = None,
+    layers: Sequence[int] | None = None,
+    cache_dir: str | Path | None = None,
+    baselines: Sequence[str] = BASELINES,
+    layout: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
+) -> dict[str, Any]:
+    """Score every category under ``root`` with each baseline: ``{"categories": {name:
+    {baseline: metrics}}, "settings": ...}``, the metrics as :func:`fod.metrics.evaluate`."""
+    from fod.backbone import create_backbone
+    from fod.data import ImageDataset, find_categories
+    from fod.metrics import evaluate
+    from fod.training.features import FeatureCache, extract_features
+
+    extractor = create_backbone(backbone, weights, layers)
+    cache = FeatureCache(cache_dir) if cache_dir is not None else None
+    results: dict[str, Any] = {}
+    for category in find_categories(root, layout):
+
+        def features(samples: Sequence[Any]) -> list[Tensor]:
+            if cache is not None:
+                return cache.features(extractor, samples, image_size, progress=progress)
+            return extract_features(extractor, samples, image_size, progress=progress)
+
+        train, test = features(category.train), features(category.test)
+        dataset = ImageDataset(category.test, image_size)
+        masks = torch.stack([dataset[i]["mask"][0] > 0.5 for i in range(len(dataset))]).numpy()
+        labels = [s.label for s in category.test]
+        types = [s.defect_type for s in category.test]
+        per: dict[str, Any] = {}
+        for name in baselines:
+            t0 = time.perf_counter()
+            maps, scores = score_baseline(name, train, test, image_size)
+            metrics = evaluate(labels, scores.numpy(), masks, maps.numpy(), types)
+            metrics["seconds"] = time.perf_counter() - t0
+            per[name] = metrics
+            log(
+                f"{category.name} {name}: image AUROC {metrics['image_auroc']:.3f}, pixel AUROC "
+                f"{metrics['pixel_auroc']:.3f}, AUPRO {metrics['aupro']:.3f}"
+            )
+        results[category.name] = per
+    settings = {
+        "backbone": extractor.describe(),
+        "image_size": int(image_size),
+        "ridge": DEFAULT_RIDGE,
+        "bank_size": DEFAULT_BANK,
+    }
+    return {"categories": results, "settings": settings}
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """One Markdown row per (category, baseline)."""
+    lines = [
+        "| category | baseline | image AUROC | pixel AUROC | AUPRO |",
+        "|---|---|---|---|---|",
+    ]
+    for category, per in report["categories"].items():
+        for name, m in per.items():
+            lines.append(
+                f"| {category} | {name} | {_cell(m['image_auroc'])} | {_cell(m['pixel_auroc'])} "
+                f"| {_cell(m['aupro'])} |"
+            )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fod.cli import common
+
+    parser.add_argument("root", metavar="DATA", help="one category folder or a benchmark root")
+    parser.add_argument("--image-size", type=int, default=256, help="input size (default: 256)")
+    parser.add_argument("--backbone", default="efficientnet_lite2")
+    parser.add_argument("--weights", help="local weights file for a non-Lite timm backbone")
+    parser.add_argument("--layers", type=int, nargs="+", help="backbone feature_info indices")
+    parser.add_argument(
+        "--baselines", nargs="+", choices=BASELINES, default=list(BASELINES), metavar="NAME"
+    )
+    parser.add_argument("--cache", metavar="DIR", help="feature cache folder (shared with fod)")
+    parser.add_argument("--json", type=Path, help="write the results as JSON to this file")
+    common.add_layout_option(parser)
+    common.add_quiet_option(parser)
+
+
+def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    from fod.io import write_json
+    from fod.report import to_jsonable
+
+    report = run_baselines(
+        args.root,
+        image_size=args.image_size,
+        backbone=args.backbone,
+        weights=args.weights,
+        layers=args.layers,
+        cache_dir=args.cache,
+        baselines=args.baselines,
+        layout=args.layout,
+        progress=not args.quiet,
+    )
+    print(format_table(report))
+    if args.json:
+        write_json(args.json, to_jsonable(report))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return report
+
+
+__all__ = [
+    "BASELINES",
+    "format_table",
+    "gaussian_distance",
+    "mean_distance",
+    "nearest_distance",
+    "run_baselines",
+    "score_baseline",
+]
