@@ -28,7 +28,7 @@ import torch
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from fod.backbone import create_backbone
     from fod.config import make_config
-    from fod.data import ImageDataset, load_category
+    from fod.data import load_category, load_masks
     from fod.metrics import evaluate
     from fod.model.scores import reconstruction_score
     from fod.scoring.anomaly_map import anomaly_map, image_scores
@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cache = FeatureCache(args.cache)
     train_f = cache.features(backbone, category.train, config.image_size, progress=False)
     test_f = cache.features(backbone, category.test, config.image_size, progress=False)
-    dataset = ImageDataset(category.test, config.image_size)
-    masks = torch.stack([dataset[i]["mask"][0] > 0.5 for i in range(len(dataset))]).numpy()
+    masks = load_masks(category.test, config.image_size)
     labels = [s.label for s in category.test]
     types = [s.defect_type for s in category.test]
 

@@ -95,3 +95,25 @@ def test_cli_scores_generated_data(tmp_path: Path) -> None:
         assert metrics["counts"]["images"] == 4 + 2 * len(metrics["per_defect"])
     assert report["settings"]["image_size"] == 64
     assert list((tmp_path / "c").glob("*.pt"))  # the features went through the shared cache
+
+
+def test_load_masks_matches_the_mask_files(tmp_path: Path) -> None:
+    """Ground truth for precomputed features: the mask files resized, zeros for good images."""
+    from fod.data import load_category, load_image, load_mask, load_masks, resize_mask
+
+    data = generate(
+        tmp_path / "data", ("tiles",), image_size=48, n_train=2, n_test_good=2,
+        n_test_per_defect=1, seed=4,
+    )  # fmt: skip
+    samples = load_category(data / "tiles").test
+    masks = load_masks(samples, 32)
+    assert masks.shape == (len(samples), 32, 32) and masks.dtype == bool
+    for sample, got in zip(samples, masks, strict=True):
+        if sample.mask is None:
+            assert not got.any()
+        else:
+            size = load_image(sample.image).shape[:2]
+            expected = resize_mask(load_mask(sample.mask, size=size), 32)
+            np.testing.assert_array_equal(got, expected)
+            assert got.any()
+    assert load_masks([], 16).shape == (0, 16, 16)

@@ -122,7 +122,7 @@ def run_baselines(
     """Score every category under ``root`` with each baseline: ``{"categories": {name:
     {baseline: metrics}}, "settings": ...}``, the metrics as :func:`fod.metrics.evaluate`."""
     from fod.backbone import create_backbone
-    from fod.data import ImageDataset, find_categories
+    from fod.data import find_categories, load_masks
     from fod.metrics import evaluate
     from fod.training.features import FeatureCache, extract_features
 
@@ -137,8 +137,7 @@ def run_baselines(
             return extract_features(extractor, samples, image_size, progress=progress)
 
         train, test = features(category.train), features(category.test)
-        dataset = ImageDataset(category.test, image_size)
-        masks = torch.stack([dataset[i]["mask"][0] > 0.5 for i in range(len(dataset))]).numpy()
+        masks = load_masks(category.test, image_size)
         labels = [s.label for s in category.test]
         types = [s.defect_type for s in category.test]
         per: dict[str, Any] = {}

@@ -1,6 +1,6 @@
 """Data: folder layouts, robust image and mask reading, and the torch dataset."""
 
-from fod.data.dataset import ImageDataset, load_batch, to_tensor
+from fod.data.dataset import ImageDataset, load_batch, load_masks, to_tensor
 from fod.data.images import as_size, load_image, load_mask, resize_image, resize_mask
 from fod.data.layouts import (
     GOOD_TYPES,
@@ -27,6 +27,7 @@ __all__ = [
     "load_category",
     "load_image",
     "load_mask",
+    "load_masks",
     "resize_image",
     "resize_mask",
     "to_tensor",

@@ -19,7 +19,7 @@ from fod.data.images import as_size, load_image, load_mask, resize_image, resize
 from fod.data.layouts import Sample
 from fod.errors import DataError
 
-__all__ = ["ImageDataset", "load_batch", "to_tensor"]
+__all__ = ["ImageDataset", "load_batch", "load_masks", "to_tensor"]
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -69,3 +69,13 @@ def load_batch(paths: Sequence[str | Path], image_size: int | tuple[int, int]) -
         raise DataError("no image files given to predict on. Pass at least one image path.")
     size = as_size(image_size, "image_size")
     return torch.stack([to_tensor(resize_image(load_image(p), size)) for p in paths])
+
+
+def load_masks(samples: Sequence[Sample], image_size: int | tuple[int, int]) -> np.ndarray:
+    """``(N, h, w)`` bool ground truth of ``samples`` at the model's size, read and checked as
+    :class:`ImageDataset` reads them (all False for good images), for scoring precomputed
+    features without going through the images' loader."""
+    dataset = ImageDataset(samples, image_size)
+    if len(dataset) == 0:
+        return np.zeros((0, *dataset.size), dtype=bool)
+    return np.stack([dataset[i]["mask"][0].numpy() > 0.5 for i in range(len(dataset))])
