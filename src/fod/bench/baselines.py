@@ -129,13 +129,13 @@ def run_baselines(
     extractor = create_backbone(backbone, weights, layers)
     cache = FeatureCache(cache_dir) if cache_dir is not None else None
     results: dict[str, Any] = {}
+
+    def features(samples: Sequence[Any]) -> list[Tensor]:
+        if cache is not None:
+            return cache.features(extractor, samples, image_size, progress=progress)
+        return extract_features(extractor, samples, image_size, progress=progress)
+
     for category in find_categories(root, layout):
-
-        def features(samples: Sequence[Any]) -> list[Tensor]:
-            if cache is not None:
-                return cache.features(extractor, samples, image_size, progress=progress)
-            return extract_features(extractor, samples, image_size, progress=progress)
-
         train, test = features(category.train), features(category.test)
         masks = load_masks(category.test, image_size)
         labels = [s.label for s in category.test]
