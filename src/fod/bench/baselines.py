@@ -124,6 +124,7 @@ def run_baselines(
     from fod.backbone import create_backbone
     from fod.data import find_categories, load_masks
     from fod.metrics import evaluate
+    from fod.report import format_value
     from fod.training.features import FeatureCache, extract_features
 
     extractor = create_backbone(backbone, weights, layers)
@@ -148,8 +149,9 @@ def run_baselines(
             metrics["seconds"] = time.perf_counter() - t0
             per[name] = metrics
             log(
-                f"{category.name} {name}: image AUROC {metrics['image_auroc']:.3f}, pixel AUROC "
-                f"{metrics['pixel_auroc']:.3f}, AUPRO {metrics['aupro']:.3f}"
+                f"{category.name} {name}: image AUROC {format_value(metrics['image_auroc'])}, "
+                f"pixel AUROC {format_value(metrics['pixel_auroc'])}, "
+                f"AUPRO {format_value(metrics['aupro'])}"
             )
         results[category.name] = per
     settings = {
@@ -161,23 +163,18 @@ def run_baselines(
     return {"categories": results, "settings": settings}
 
 
-def _cell(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
 def format_table(report: dict[str, Any]) -> str:
     """One Markdown row per (category, baseline)."""
-    lines = [
-        "| category | baseline | image AUROC | pixel AUROC | AUPRO |",
-        "|---|---|---|---|---|",
+    from fod.report import markdown_table
+
+    columns = [("category", "category"), ("baseline", "baseline")]
+    columns += [("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO")]
+    rows = [
+        {"category": category, "baseline": name, **metrics}
+        for category, per in report["categories"].items()
+        for name, metrics in per.items()
     ]
-    for category, per in report["categories"].items():
-        for name, m in per.items():
-            lines.append(
-                f"| {category} | {name} | {_cell(m['image_auroc'])} | {_cell(m['pixel_auroc'])} "
-                f"| {_cell(m['aupro'])} |"
-            )
-    return "\n".join(lines)
+    return markdown_table(rows, columns).rstrip("\n")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
