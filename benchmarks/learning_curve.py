@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from fod.config import make_config
     from fod.data import load_category, load_masks
     from fod.metrics import evaluate
-    from fod.model.scores import reconstruction_score
+    from fod.model.scores import reconstruction_score, score_branches, token_scores
     from fod.scoring.anomaly_map import anomaly_map, image_scores
     from fod.training.features import FeatureCache
     from fod.training.trainer import train
@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     s, r = [], []
                     for first in range(0, feats.shape[0], 32):
                         batch = feats[first : first + 32]
-                        s.append(model.score(batch))
-                        out = model(batch, stats=frozenset(), entropy=False)
+                        # One forward gives both maps (what model.score computes, plus rec).
+                        out = model(batch, stats=score_branches(model.variant), entropy=False)
+                        s.append(token_scores(out, model.variant, h, w))
                         r.append(reconstruction_score(out.tokens, out.reconstruction))
                     score_maps.append(torch.cat(s))
                     rec_maps.append(torch.cat(r).reshape(-1, h, w))
