@@ -2,9 +2,10 @@
 
 from fod.model.correlation import correlation_attention, fused_correlation
 from fod.model.objective import LossTerms, fod_objective, reconstruction_loss
+from fod.model.output import FODOutput
 from fod.model.reference import coreset_reference, mean_reference
 from fod.model.scores import token_scores
-from fod.model.transformer import FODOutput, FODTransformer
+from fod.model.transformer import FODTransformer
 from fod.model.variant import LevelSpec, Variant
 
 __all__ = [

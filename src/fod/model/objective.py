@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from fod.model.transformer import FODOutput
+from fod.model.output import FODOutput
 from fod.model.variant import Variant
 
 

@@ -18,33 +18,16 @@ Paper: Yao et al., "Focus the Discrepancy", ICCV 2023, arXiv 2308.02983.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
 from fod.model.attention import AttentionResult, CorrelationAttention
+from fod.model.output import FODOutput
 from fod.model.positional import sincos_2d
+from fod.model.scores import score_branches, token_scores
 from fod.model.variant import LevelSpec, Variant
 
 BRANCHES = frozenset({"intra", "inter"})
-
-
-@dataclass
-class FODOutput:
-    """What the objective and the scores need from one forward pass.
-
-    ``tokens`` (B, L, C) are the input features X, ``reconstruction`` (B, L, C) is X_hat; the
-    Div and Ent fields are per token (B, L), averaged over heads and layers, None where the
-    branch is off.
-    """
-
-    tokens: Tensor
-    reconstruction: Tensor
-    div_intra: Tensor | None = None
-    ent_intra: Tensor | None = None
-    div_inter: Tensor | None = None
-    ent_inter: Tensor | None = None
 
 
 class EncoderLayer(nn.Module):
@@ -185,7 +168,5 @@ class FODTransformer(nn.Module):
 
     def score(self, features: Tensor) -> Tensor:
         """(B, H, W) per-token anomaly scores, computing only the statistics they use."""
-        from fod.model.scores import score_branches, token_scores
-
         output = self(features, stats=score_branches(self.variant), entropy=False)
         return token_scores(output, self.variant, self.spec.height, self.spec.width)
