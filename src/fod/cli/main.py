@@ -18,6 +18,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from fod._version import __version__
+
 #: Subcommand modules, in the order ``fod --help`` lists them.
 COMMANDS: list[str] = [
     "fod.cli.commands.demo",
@@ -38,8 +40,6 @@ EXIT_INTERRUPTED = 130
 def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The ``fod`` parser with one subparser per module of ``commands`` (default
     :data:`COMMANDS`); each subparser remembers its module's ``run``."""
-    from fod import __version__
-
     parser = argparse.ArgumentParser(
         prog="fod",
         description=(

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fod._version import __version__
 from fod.errors import FODError
 
 INPUT_NAME = "images"
@@ -108,8 +109,6 @@ def metadata(
 ) -> dict[str, str]:
     """The ``metadata_props`` written into the ONNX file (all values are strings;
     ``batch_size`` is "dynamic" for a graph that takes any batch)."""
-    from fod import __version__
-
     threshold = math.nan if model.threshold is None else float(model.threshold)
     size = model.config.image_size
     lo, hi = model.heatmap_range

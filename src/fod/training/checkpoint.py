@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fod._version import __version__
 from fod.backbone import FeatureExtractor, create_backbone
 from fod.config import SIGNATURE_KEYS, FODConfig
 from fod.errors import CheckpointError
@@ -60,12 +61,6 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"cannot store {type(obj).__name__} in a model file")
 
 
-def _fod_version() -> str:
-    from fod import __version__
-
-    return __version__
-
-
 def save_model_file(
     path: str | Path,
     config: FODConfig,
@@ -83,7 +78,7 @@ def save_model_file(
     payload = {
         "format": MODEL_FORMAT,
         "version": MODEL_VERSION,
-        "fod_version": _fod_version(),
+        "fod_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": config.to_dict(),
         "backbone": describe,
@@ -167,7 +162,7 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
         fix = "Upgrade fod" if newer else "Retrain the model with this fod"
         raise CheckpointError(
             f"{path}: model file format version {version!r} (written by fod "
-            f"{data.get('fod_version', '?')}); this fod ({_fod_version()}) reads version "
+            f"{data.get('fod_version', '?')}); this fod ({__version__}) reads version "
             f"{MODEL_VERSION}. {fix}."
         )
     for key in ("config", "backbone", "levels"):
