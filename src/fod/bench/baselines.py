@@ -17,7 +17,6 @@ backbone, input size and pooled maps as FOD, and goes through the same heat-map 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -175,45 +174,6 @@ def format_table(report: dict[str, Any]) -> str:
         for name, metrics in per.items()
     ]
     return markdown_table(rows, columns).rstrip("\n")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from fod.cli import common
-
-    parser.add_argument("root", metavar="DATA", help="one category folder or a benchmark root")
-    parser.add_argument("--image-size", type=int, default=256, help="input size (default: 256)")
-    parser.add_argument("--backbone", default="efficientnet_lite2")
-    parser.add_argument("--weights", help="local weights file for a non-Lite timm backbone")
-    parser.add_argument("--layers", type=int, nargs="+", help="backbone feature_info indices")
-    parser.add_argument(
-        "--baselines", nargs="+", choices=BASELINES, default=list(BASELINES), metavar="NAME"
-    )
-    parser.add_argument("--cache", metavar="DIR", help="feature cache folder (shared with fod)")
-    parser.add_argument("--json", type=Path, help="write the results as JSON to this file")
-    common.add_layout_option(parser)
-    common.add_quiet_option(parser)
-
-
-def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    from fod.io import write_json
-    from fod.report import to_jsonable
-
-    report = run_baselines(
-        args.root,
-        image_size=args.image_size,
-        backbone=args.backbone,
-        weights=args.weights,
-        layers=args.layers,
-        cache_dir=args.cache,
-        baselines=args.baselines,
-        layout=args.layout,
-        progress=not args.quiet,
-    )
-    print(format_table(report))
-    if args.json:
-        write_json(args.json, to_jsonable(report))
-        print(f"wrote {args.json}", file=sys.stderr)
-    return report
 
 
 __all__ = [

@@ -15,7 +15,6 @@ models and the optimiser exist (``step_peak_mb``: what the step itself needs).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -24,7 +23,6 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 AUTHORS_LEVELS = ((512, 32, 32, 256), (1024, 16, 16, 512))
@@ -268,43 +266,6 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", type=Path, help="write the results as JSON to this file")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument(
-        "--paths", nargs="+", default=["fast", "direct"], choices=["fast", "direct"]
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (median)")
-    parser.add_argument(
-        "--tiny",
-        action="store_true",
-        help="tiny sizes instead of the authors' (a smoke test of the command)",
-    )
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
-
-
-def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    from fod.io import write_json
-
-    levels = TINY_LEVELS if args.tiny else AUTHORS_LEVELS
-    heads, layers = (4, 1) if args.tiny else (8, 3)
-    report = run_benchmark(
-        tuple(args.batches),
-        tuple(args.paths),
-        levels,
-        heads,
-        layers,
-        args.repeats,
-        args.timeout,
-        log=lambda msg: print(msg, file=sys.stderr, flush=True),
-    )
-    print(format_table(report))
-    if args.json:
-        write_json(args.json, report)
-        print(f"wrote {args.json}", file=sys.stderr)
-    return report
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--worker":
@@ -312,9 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         data["levels"] = tuple(tuple(lv) for lv in data["levels"])
         print(json.dumps(asdict(run_case(Case(**data)))))
         return
-    parser = argparse.ArgumentParser(prog="fod bench step", description=__doc__)
-    add_arguments(parser)
-    run_from_args(parser.parse_args(argv))
+    raise SystemExit("usage: python -m fod.bench.step --worker CASE_JSON (run `fod bench step`)")
 
 
 if __name__ == "__main__":
