@@ -190,10 +190,6 @@ class FODConfig:
         full = self.to_dict()
         return {key: full[key] for key in SIGNATURE_KEYS}
 
-    def training_settings(self) -> dict[str, Any]:
-        full = self.to_dict()
-        return {key: full[key] for key in TRAINING_KEYS}
-
     def differences(
         self, other: FODConfig | Mapping[str, Any], keys: Sequence[str] | None = None
     ) -> dict[str, tuple[Any, Any]]:

@@ -160,13 +160,6 @@ def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
-
-
 def _describe(folder: Path, limit: int = 8) -> str:
     """Short listing of a folder's visible entries, for 'what was found' in messages."""
     try:

@@ -57,11 +57,6 @@ def _target_block(gy: Tensor, gx: Tensor, maps: int, shift: float = 0.0) -> Tens
     return t.repeat(1, 1, maps) if maps > 1 else t
 
 
-def _row_dot(a: Tensor, b: Tensor) -> Tensor:
-    """Sum over the last axis of a * b."""
-    return torch.linalg.vecdot(a, b)
-
-
 class _FusedCorrelation(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -90,12 +85,12 @@ class _FusedCorrelation(torch.autograd.Function):
             out[:, r0:r1] = torch.bmm(s, v)
             s_eps = torch.add(s, eps)
             if with_entropy:
-                ent[:, r0:r1] = _row_dot(s, torch.log(s_eps)).neg_()
+                ent[:, r0:r1] = torch.linalg.vecdot(s, torch.log(s_eps)).neg_()
             t_eps = _target_block(gy[:, r0:r1], gx[:, r0:r1], maps, eps)
             # log(T + eps) - log(S + eps) as one logarithm of the ratio; T - S as a difference
             # of the two shifted maps.
             log_ratio = torch.div(t_eps, s_eps).log_()
-            div[:, r0:r1] = _row_dot(t_eps.sub_(s_eps), log_ratio)
+            div[:, r0:r1] = torch.linalg.vecdot(t_eps.sub_(s_eps), log_ratio)
         ctx.save_for_backward(q, k, v, gy, gx)
         ctx.maps, ctx.eps, ctx.s_div_scale, ctx.step = maps, eps, s_div_scale, step
         return out, div, ent

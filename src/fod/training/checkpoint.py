@@ -70,10 +70,9 @@ def save_model_file(
     threshold: float,
     stats: Mapping[str, Any] | None = None,
     history: Sequence[Mapping[str, Any]] | None = None,
-    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a model file atomically; ``stats`` are the normal-score statistics (see
-    :class:`fod.api.FOD`), ``extra`` any further plain data to keep."""
+    :class:`fod.api.FOD`)."""
     describe = backbone.describe() if isinstance(backbone, FeatureExtractor) else dict(backbone)
     payload = {
         "format": MODEL_FORMAT,
@@ -92,7 +91,6 @@ def save_model_file(
         "threshold": float(threshold),
         "stats": dict(stats or {}),
         "history": list(history or []),
-        "extra": dict(extra or {}),
     }
     return save_tensors(path, _plain(payload))
 
@@ -291,7 +289,6 @@ def load_model_file(
         "backbone": dict(data["backbone"]),
         "fod_version": data.get("fod_version"),
         "created": data.get("created"),
-        "extra": dict(data.get("extra") or {}),
     }
     return config, backbone, levels, meta
 
