@@ -32,6 +32,7 @@ from fod.config import SIGNATURE_KEYS, FODConfig
 from fod.errors import CheckpointError
 from fod.io import load_tensors, save_tensors
 from fod.model import FODTransformer, LevelSpec
+from fod.training.trainer import STATE_FORMAT
 
 MODEL_FORMAT = "fod-model"
 MODEL_VERSION = 1
@@ -144,7 +145,7 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
         data = load_tensors(path)
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot read this model file: {_why(path, exc)}") from exc
-    if isinstance(data, dict) and data.get("format") == "fod-train-state":
+    if isinstance(data, dict) and data.get("format") == STATE_FORMAT:
         raise CheckpointError(
             f"{path}: this is a training state (an unfinished run), not a model file. Finish "
             "training with `fod train DATA --out MODEL.pt --resume`."
