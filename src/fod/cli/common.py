@@ -11,6 +11,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from fod.data import LAYOUTS
+from fod.model.variant import REFERENCES, SCORES
+
 #: Command-line dest -> FODConfig / Variant key, for the training options.
 _CONFIG_OPTIONS = {
     "backbone": "backbone",
@@ -44,7 +47,7 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
 def add_layout_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layout",
-        choices=("mvtec", "btad", "mvtec3d"),
+        choices=LAYOUTS,
         default=None,
         help="data set folder layout (default: detected from the folders)",
     )
@@ -94,7 +97,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-entropy", action="store_true", help="drop the entropy terms")
     g.add_argument(
         "--reference",
-        choices=("mean", "coreset"),
+        choices=REFERENCES,
         help=f"inter-branch reference features (default: {v.reference})",
     )
     g.add_argument(
@@ -102,7 +105,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--score",
-        choices=("rec", "div", "rec_div"),
+        choices=SCORES,
         help=f"per-token score (default: {v.score}; rec when both branches are off)",
     )
     g.add_argument(
