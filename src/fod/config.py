@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -211,11 +211,7 @@ def make_config(base: FODConfig | Mapping[str, Any] | None = None, **options: An
     config = base if isinstance(base, FODConfig) else FODConfig.from_dict(dict(base or {}))
     variant_keys = [f.name for f in fields(Variant)]
     known = config_keys() + variant_keys
-    for key in options:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown option {key!r}{hint} (known: {', '.join(known)})")
+    _refuse_unknown(options, known, "option", "known")
     changes = {k: v for k, v in options.items() if k not in variant_keys}
     switches = {k: v for k, v in options.items() if k in variant_keys}
     if switches:
@@ -245,12 +241,16 @@ def config_keys() -> list[str]:
 
 def check_keys(data: Mapping[str, Any]) -> None:
     """Refuse unknown config keys, suggesting the closest known one."""
-    known = config_keys()
-    for key in data:
+    _refuse_unknown(data, config_keys(), "config key", "known keys")
+
+
+def _refuse_unknown(keys: Iterable[Any], known: Sequence[str], what: str, listing: str) -> None:
+    """ConfigError for the first of ``keys`` not in ``known``, naming the closest known one."""
+    for key in keys:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {key!r}{hint} (known keys: {', '.join(known)})")
+            raise ConfigError(f"unknown {what} {key!r}{hint} ({listing}: {', '.join(known)})")
 
 
 __all__ = [
