@@ -199,8 +199,8 @@ class FODConfig:
         theirs = other.to_dict() if isinstance(other, FODConfig) else dict(other)
         out: dict[str, tuple[Any, Any]] = {}
         for key in keys if keys is not None else list(mine):
-            if key in theirs and _normal(mine[key]) != _normal(theirs[key]):
-                out[key] = (_normal(mine[key]), _normal(theirs[key]))
+            if key in theirs and comparable(mine[key]) != comparable(theirs[key]):
+                out[key] = (comparable(mine[key]), comparable(theirs[key]))
         return out
 
 
@@ -224,14 +224,15 @@ def make_config(base: FODConfig | Mapping[str, Any] | None = None, **options: An
     return config.replace(**changes) if changes else config
 
 
-def _normal(value: Any) -> Any:
-    """Tuples and lists compare equal; dicts compare by value."""
+def comparable(value: Any) -> Any:
+    """``value`` in a form where tuples and lists compare equal and dicts by value (configs
+    read back from JSON or a model file hold lists where the dataclass holds tuples)."""
     if isinstance(value, (list, tuple)):
-        return [_normal(v) for v in value]
+        return [comparable(v) for v in value]
     if isinstance(value, Variant):
         return value.to_dict()
     if isinstance(value, Mapping):
-        return {k: _normal(v) for k, v in value.items()}
+        return {k: comparable(v) for k, v in value.items()}
     return value
 
 
@@ -260,6 +261,7 @@ __all__ = [
     "ConfigError",
     "FODConfig",
     "check_keys",
+    "comparable",
     "config_keys",
     "make_config",
 ]

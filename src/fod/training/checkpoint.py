@@ -28,7 +28,7 @@ from torch import Tensor
 
 from fod._version import __version__
 from fod.backbone import FeatureExtractor, create_backbone
-from fod.config import SIGNATURE_KEYS, FODConfig
+from fod.config import SIGNATURE_KEYS, FODConfig, comparable
 from fod.errors import CheckpointError
 from fod.io import load_tensors, save_tensors
 from fod.model import FODTransformer, LevelSpec
@@ -192,7 +192,9 @@ def _check_requested(path: Path, config: FODConfig, requested: Any) -> None:
 
 def _check_backbone(path: Path, stored: Mapping[str, Any], backbone: FeatureExtractor) -> None:
     now = backbone.describe()
-    wrong = [k for k in _BACKBONE_KEYS if k in stored and _listed(stored[k]) != _listed(now[k])]
+    wrong = [
+        k for k in _BACKBONE_KEYS if k in stored and comparable(stored[k]) != comparable(now[k])
+    ]
     if wrong:
         detail = "; ".join(f"{k}: file {stored[k]!r}, now {now[k]!r}" for k in wrong)
         raise CheckpointError(
@@ -206,11 +208,6 @@ def _check_backbone(path: Path, stored: Mapping[str, Any], backbone: FeatureExtr
             f"{now.get('weights')!r}; scores may differ slightly",
             stacklevel=3,
         )
-
-
-def _listed(value: Any) -> Any:
-    """Tuples and lists compare equal."""
-    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _build_levels(
