@@ -11,7 +11,7 @@ import torch
 from fod.backbone import create_backbone
 from fod.config import FODConfig
 from fod.errors import CheckpointError
-from fod.io import save_tensors
+from fod.io import save_tensors, stamp_problem
 from fod.scoring import Detector
 from fod.training import load_model_file, read_model_file, save_model_file, train
 
@@ -153,3 +153,10 @@ def test_weights_that_do_not_match_the_config(trained: tuple, tmp_path: Path) ->
 
     with pytest.raises(CheckpointError, match=r"1 level\(s\)"):
         load_model_file(edited(tmp_path, path, one_level))
+
+
+def test_stamp_problem_names_what_differs() -> None:
+    assert stamp_problem({"format": "f", "version": 2, "x": 1}, "f", 2) is None
+    assert stamp_problem({"format": "f", "version": 1}, "f", 2) == "version"
+    assert stamp_problem({"format": "g", "version": 2}, "f", 2) == "format"
+    assert stamp_problem([("format", "f")], "f", 2) == "format"

@@ -48,3 +48,14 @@ def save_tensors(path: str | Path, obj: Any) -> Path:
 def load_tensors(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """Load a file written by :func:`save_tensors` without executing any pickled code."""
     return torch.load(Path(path), map_location=map_location, weights_only=True)
+
+
+def stamp_problem(data: Any, fmt: str, version: int) -> str | None:
+    """Why ``data`` (read by :func:`load_tensors`) is not a payload stamped ``{"format": fmt,
+    "version": version}``: ``"format"`` (not a dict with that marker), ``"version"`` (that
+    marker, another version), or None when it is. Each reader words its own refusal."""
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        return "format"
+    if data.get("version") != version:
+        return "version"
+    return None

@@ -30,7 +30,7 @@ from fod._version import __version__
 from fod.backbone import FeatureExtractor, create_backbone
 from fod.config import SIGNATURE_KEYS, FODConfig, comparable
 from fod.errors import CheckpointError
-from fod.io import load_tensors, save_tensors
+from fod.io import load_tensors, save_tensors, stamp_problem
 from fod.model import FODTransformer, LevelSpec
 from fod.training.trainer import STATE_FORMAT
 
@@ -150,13 +150,14 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
             f"{path}: this is a training state (an unfinished run), not a model file. Finish "
             "training with `fod train DATA --out MODEL.pt --resume`."
         )
-    if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
+    problem = stamp_problem(data, MODEL_FORMAT, MODEL_VERSION)
+    if problem == "format":
         raise CheckpointError(
             f"{path}: not a fod model file (no '{MODEL_FORMAT}' format marker). Give a file "
             "written by `fod train` or FOD.save()."
         )
-    version = data.get("version")
-    if version != MODEL_VERSION:
+    if problem == "version":
+        version = data.get("version")
         newer = isinstance(version, int) and version > MODEL_VERSION
         fix = "Upgrade fod" if newer else "Retrain the model with this fod"
         raise CheckpointError(

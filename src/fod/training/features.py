@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from fod.backbone import FeatureExtractor
 from fod.data import ImageDataset, Sample
 from fod.errors import DataError
-from fod.io import load_tensors, save_tensors
+from fod.io import load_tensors, save_tensors, stamp_problem
 
 CACHE_FORMAT = "fod-features"
 CACHE_VERSION = 1
@@ -110,9 +110,7 @@ class FeatureCache:
         try:
             data = load_tensors(path)
             ok = (
-                isinstance(data, dict)
-                and data.get("format") == CACHE_FORMAT
-                and data.get("version") == CACHE_VERSION
+                stamp_problem(data, CACHE_FORMAT, CACHE_VERSION) is None
                 and isinstance(data.get("levels"), list)
                 and all(isinstance(t, Tensor) for t in data["levels"])
             )

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from fod.config import SIGNATURE_KEYS, TRAINING_KEYS, FODConfig
 from fod.errors import CheckpointError, DataError
-from fod.io import load_tensors, save_tensors
+from fod.io import load_tensors, save_tensors, stamp_problem
 from fod.model import FODTransformer, LevelSpec, coreset_reference, fod_objective, mean_reference
 
 STATE_FORMAT = "fod-train-state"
@@ -134,11 +134,12 @@ def read_state(path: str | Path) -> dict[str, Any]:
             f"{path}: cannot read this training state (truncated or not written by fod): "
             f"{exc}. Delete it to train from scratch."
         ) from exc
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+    problem = stamp_problem(state, STATE_FORMAT, STATE_VERSION)
+    if problem == "format":
         raise CheckpointError(
             f"{path}: not a fod training state. Delete it or choose another output path."
         )
-    if state.get("version") != STATE_VERSION:
+    if problem == "version":
         raise CheckpointError(
             f"{path}: training state format version {state.get('version')!r}, this fod reads "
             f"{STATE_VERSION}. Delete it to train from scratch."
