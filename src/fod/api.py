@@ -207,10 +207,11 @@ class FOD:
         from fod.training import FeatureCache, extract_features
 
         backbone = self._backbone()
-        args = (backbone, samples, self.config.image_size, 16, self.device, self.progress)
+        args = (backbone, samples, self.config.image_size)
+        options = {"device": self.device, "progress": self.progress}
         if self.cache_dir is not None:
-            return FeatureCache(self.cache_dir).features(*args)
-        return extract_features(*args)
+            return FeatureCache(self.cache_dir).features(*args, **options)
+        return extract_features(*args, **options)
 
     def fit(
         self,
@@ -248,7 +249,7 @@ class FOD:
 
         self._require_fitted()
         maps, scores = score_features(
-            self.levels, features, self.config.image_size, 16, self.device
+            self.levels, features, self.config.image_size, device=self.device
         )
         s = scores.double().numpy()
         m = maps.numpy()

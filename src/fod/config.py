@@ -37,6 +37,9 @@ SIGNATURE_KEYS: tuple[str, ...] = (
 TRAINING_KEYS: tuple[str, ...] = ("epochs", "batch_size", "lr", "lambda1", "lambda2", "seed")
 #: Smallest image side: the stride-16 level needs at least 2 x 2 tokens.
 MIN_IMAGE_SIZE = 32
+#: Images per forward pass where no gradient flows (backbone features, scoring of features):
+#: it bounds memory and does not change the numbers.
+INFERENCE_BATCH_SIZE = 16
 
 
 class ConfigError(FODError, ValueError):
@@ -255,6 +258,7 @@ def _refuse_unknown(keys: Iterable[Any], known: Sequence[str], what: str, listin
 
 
 __all__ = [
+    "INFERENCE_BATCH_SIZE",
     "MIN_IMAGE_SIZE",
     "SIGNATURE_KEYS",
     "TRAINING_KEYS",

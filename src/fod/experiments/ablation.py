@@ -111,10 +111,9 @@ def run_ablation(
     config.check_levels(len(backbone.channels), config.backbone)
     cache = FeatureCache(out / "features")
     log(f"features of {len(category.train)} training and {len(category.test)} test images")
-    train_features = cache.features(
-        backbone, category.train, config.image_size, 16, device, progress
-    )
-    test_features = cache.features(backbone, category.test, config.image_size, 16, device, progress)
+    options = {"device": device, "progress": progress}
+    train_features = cache.features(backbone, category.train, config.image_size, **options)
+    test_features = cache.features(backbone, category.test, config.image_size, **options)
     labels, masks, defect_types = _test_masks(category.test, config.image_size)
 
     records = []
@@ -138,7 +137,7 @@ def run_ablation(
             time.perf_counter() - start
         )
         maps, scores = score_features(
-            trained.models, test_features, row_config.image_size, 16, device
+            trained.models, test_features, row_config.image_size, device=device
         )
         metrics = evaluate(labels, scores.numpy(), masks, maps.numpy(), defect_types)
         record = _row_record(row, metrics, seconds)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fod.backbone import FeatureExtractor
+from fod.config import INFERENCE_BATCH_SIZE
 from fod.data import ImageDataset, Sample
 from fod.model import FODTransformer
 from fod.scoring.anomaly_map import DEFAULT_SIGMA, anomaly_map, image_scores
@@ -93,7 +94,7 @@ def score_features(
     levels: Sequence[FODTransformer],
     features: Sequence[Tensor],
     image_size: int,
-    batch_size: int = 16,
+    batch_size: int = INFERENCE_BATCH_SIZE,
     device: str | torch.device = "cpu",
     sigma: float = DEFAULT_SIGMA,
 ) -> tuple[Tensor, Tensor]:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fod.backbone import FeatureExtractor
+from fod.config import INFERENCE_BATCH_SIZE
 from fod.data import ImageDataset, Sample
 from fod.errors import DataError
 from fod.io import load_tensors, save_tensors, stamp_problem
@@ -39,7 +40,7 @@ def extract_features(
     backbone: FeatureExtractor,
     samples: Sequence[Sample],
     image_size: int,
-    batch_size: int = 16,
+    batch_size: int = INFERENCE_BATCH_SIZE,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> list[Tensor]:
@@ -136,7 +137,7 @@ class FeatureCache:
         backbone: FeatureExtractor,
         samples: Sequence[Sample],
         image_size: int,
-        batch_size: int = 16,
+        batch_size: int = INFERENCE_BATCH_SIZE,
         device: str | torch.device = "cpu",
         progress: bool = True,
     ) -> list[Tensor]:
