@@ -14,6 +14,10 @@ from typing import Any
 from fod.data import LAYOUTS
 from fod.model.variant import REFERENCES, SCORES
 
+#: Exit codes: a refused input or setting (FODError, usage error), and Ctrl-C (128 + SIGINT).
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
 #: Command-line dest -> FODConfig / Variant key, for the training options.
 _CONFIG_OPTIONS = {
     "backbone": "backbone",

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from fod._version import __version__
+from fod.cli.common import EXIT_ERROR, EXIT_INTERRUPTED
 
 #: Subcommand modules, in the order ``fod --help`` lists them.
 COMMANDS: list[str] = [
@@ -32,9 +33,6 @@ COMMANDS: list[str] = [
     "fod.cli.commands.bench",
     "fod.cli.commands.export",
 ]
-
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:

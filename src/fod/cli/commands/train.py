@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             f"interrupted: the state after the last finished epoch is in {state}; "
             "run the same command with --resume to continue"
         )
-        return 130
+        return common.EXIT_INTERRUPTED
     model.save(out)
     state.unlink(missing_ok=True)
     stats = model.stats
