@@ -28,11 +28,10 @@ import torch
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from fod.backbone import create_backbone
     from fod.config import make_config
-    from fod.data import load_category, load_masks
-    from fod.metrics import evaluate
+    from fod.data import load_category
+    from fod.evaluation import category_features
     from fod.model.scores import reconstruction_score, score_branches, token_scores
-    from fod.scoring.anomaly_map import anomaly_map, image_scores
-    from fod.training.features import FeatureCache
+    from fod.scoring.anomaly_map import anomaly_map
     from fod.training.trainer import train
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -65,16 +64,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     category = load_category(args.data)
     backbone = create_backbone(config.backbone, config.weights, config.layers)
-    cache = FeatureCache(args.cache)
-    train_f = cache.features(backbone, category.train, config.image_size, progress=False)
-    test_f = cache.features(backbone, category.test, config.image_size, progress=False)
-    masks = load_masks(category.test, config.image_size)
-    labels = [s.label for s in category.test]
-    types = [s.defect_type for s in category.test]
+    features = category_features(category, backbone, config.image_size, args.cache, progress=False)
 
     def metrics(levels: list[torch.Tensor]) -> dict[str, Any]:
-        maps = anomaly_map(levels, config.image_size)
-        r = evaluate(labels, image_scores(maps).numpy(), masks, maps.numpy(), types)
+        r = features.evaluate(anomaly_map(levels, config.image_size))
         per = {k: round(v["image_auroc"], 3) for k, v in r["per_defect"].items()}
         return {k: r[k] for k in ("image_auroc", "pixel_auroc", "aupro")} | {"per_defect": per}
 
@@ -84,11 +77,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         state = Path(tmp) / "state.pt"
         for i, epochs in enumerate(sorted(args.epochs)):
             t0 = time.perf_counter()
-            result = train(config.replace(epochs=epochs), train_f, state, i > 0, progress=False)
+            result = train(
+                config.replace(epochs=epochs), features.train, state, i > 0, progress=False
+            )
             train_seconds += time.perf_counter() - t0
             score_maps, rec_maps = [], []
             with torch.no_grad():
-                for model, feats in zip(result.models, test_f, strict=True):
+                for model, feats in zip(result.models, features.test, strict=True):
                     h, w = feats.shape[-2:]
                     s, r = [], []
                     for first in range(0, feats.shape[0], 32):

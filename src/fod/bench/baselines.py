@@ -121,30 +121,19 @@ def run_baselines(
     """Score every category under ``root`` with each baseline: ``{"categories": {name:
     {baseline: metrics}}, "settings": ...}``, the metrics as :func:`fod.metrics.evaluate`."""
     from fod.backbone import create_backbone
-    from fod.data import find_categories, load_masks
-    from fod.metrics import evaluate
+    from fod.data import find_categories
+    from fod.evaluation import category_features
     from fod.report import format_value
-    from fod.training.features import FeatureCache, extract_features
 
     extractor = create_backbone(backbone, weights, layers)
-    cache = FeatureCache(cache_dir) if cache_dir is not None else None
     results: dict[str, Any] = {}
-
-    def features(samples: Sequence[Any]) -> list[Tensor]:
-        if cache is not None:
-            return cache.features(extractor, samples, image_size, progress=progress)
-        return extract_features(extractor, samples, image_size, progress=progress)
-
     for category in find_categories(root, layout):
-        train, test = features(category.train), features(category.test)
-        masks = load_masks(category.test, image_size)
-        labels = [s.label for s in category.test]
-        types = [s.defect_type for s in category.test]
+        features = category_features(category, extractor, image_size, cache_dir, progress=progress)
         per: dict[str, Any] = {}
         for name in baselines:
             t0 = time.perf_counter()
-            maps, scores = score_baseline(name, train, test, image_size)
-            metrics = evaluate(labels, scores.numpy(), masks, maps.numpy(), types)
+            maps, scores = score_baseline(name, features.train, features.test, image_size)
+            metrics = features.evaluate(maps, scores)
             metrics["seconds"] = time.perf_counter() - t0
             per[name] = metrics
             log(

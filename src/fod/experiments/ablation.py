@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fod.config import FODConfig
@@ -61,23 +60,9 @@ def _row_record(row: AblationRow, metrics: dict[str, Any], seconds: float) -> di
 
 def _load_finished(path: Path, config: FODConfig) -> dict[str, Any] | None:
     """A finished row's record, refusing one made with other settings."""
-    from fod.training.checkpoint import load_run_result
+    from fod.evaluation import load_run_result
 
     return dict(load_run_result(path, config, "record", "row")) if path.is_file() else None
-
-
-def _test_masks(samples: Sequence[Any], image_size: int) -> tuple[np.ndarray, np.ndarray, list]:
-    """Labels, S x S masks (nearest neighbour) and defect types of the test images."""
-    from fod.data import ImageDataset
-
-    dataset = ImageDataset(samples, image_size)
-    masks, labels, types = [], [], []
-    for i in range(len(dataset)):
-        item = dataset[i]
-        masks.append(item["mask"][0].numpy() > 0.5)
-        labels.append(int(item["label"]))
-        types.append(item["defect_type"])
-    return np.asarray(labels), np.stack(masks), types
 
 
 def run_ablation(
@@ -93,10 +78,10 @@ def run_ablation(
     """Train and test each ablation row on one category; returns the table as a dict."""
     from fod.backbone import create_backbone
     from fod.data import load_category
-    from fod.metrics import evaluate
+    from fod.evaluation import category_features
     from fod.report import markdown_table, to_jsonable, write_csv
     from fod.scoring import score_features
-    from fod.training import FeatureCache, train
+    from fod.training import train
 
     out = Path(out_dir).expanduser()
     all_rows = ablation_rows(config.variant.coreset_size)
@@ -109,12 +94,10 @@ def run_ablation(
     category = load_category(data, layout)
     backbone = create_backbone(config.backbone, config.weights, config.layers)
     config.check_levels(len(backbone.channels), config.backbone)
-    cache = FeatureCache(out / "features")
     log(f"features of {len(category.train)} training and {len(category.test)} test images")
-    options = {"device": device, "progress": progress}
-    train_features = cache.features(backbone, category.train, config.image_size, **options)
-    test_features = cache.features(backbone, category.test, config.image_size, **options)
-    labels, masks, defect_types = _test_masks(category.test, config.image_size)
+    features = category_features(
+        category, backbone, config.image_size, out / "features", device, progress
+    )
 
     records = []
     for index, row in enumerate(chosen, 1):
@@ -132,14 +115,14 @@ def run_ablation(
         state = out / "rows" / f"{row.key}.state.pt"
         log(f"{head}: training")
         start = time.perf_counter()
-        trained = train(row_config, train_features, state, state.exists(), progress, device)
+        trained = train(row_config, features.train, state, state.exists(), progress, device)
         seconds = float(sum(h.get("seconds", 0.0) for h in trained.history)) or (
             time.perf_counter() - start
         )
         maps, scores = score_features(
-            trained.models, test_features, row_config.image_size, device=device
+            trained.models, features.test, row_config.image_size, device=device
         )
-        metrics = evaluate(labels, scores.numpy(), masks, maps.numpy(), defect_types)
+        metrics = features.evaluate(maps, scores)
         record = _row_record(row, metrics, seconds)
         payload = {"config": row_config.to_dict(), "record": record, "history": trained.history}
         write_json(result_path, to_jsonable(payload))

@@ -293,30 +293,3 @@ def load_model_file(
 
 
 __all__ = ["MODEL_FORMAT", "MODEL_VERSION", "load_model_file", "read_model_file", "save_model_file"]
-
-
-def load_run_result(path: str | Path, config: FODConfig, key: str, what: str) -> Any:
-    """The ``key`` entry of a finished run's JSON file (``{"config": ..., key: ...}``).
-
-    Resumable commands (``fod benchmark``, ``fod ablate``) skip work whose result exists;
-    a result made with other settings is refused rather than mixed into one table.
-    """
-    import json
-
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        stored = FODConfig.from_dict(data["config"])
-        value = data[key]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(
-            f"{path}: unreadable {what} ({exc}); delete it to run it again"
-        ) from exc
-    diff = stored.differences(config)
-    if diff:
-        detail = "; ".join(f"{k}: there {v[0]!r}, now {v[1]!r}" for k, v in diff.items())
-        raise CheckpointError(
-            f"{path}: this {what} was made with other settings ({detail}). Use another output "
-            "folder, or the same settings."
-        )
-    return value

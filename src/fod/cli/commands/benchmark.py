@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def _finished(path: Path, config: Any) -> dict[str, Any]:
     """The metrics of a finished category, refusing results made with other settings."""
-    from fod.training.checkpoint import load_run_result
+    from fod.evaluation import load_run_result
 
     return dict(load_run_result(path, config, "metrics", "result"))
 
