@@ -7,9 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from test_api_cli import TRAIN, make_category
 
 from fod.cli.main import main
+from fod.config import FODConfig
+from fod.data.synthetic import generate
+from fod.experiments.ablation import run_ablation
 from fod.experiments.ablation_rows import ablation_rows
 
 ROWS = ["patch", "intra_noent_div", "inter_coreset", "full"]
@@ -77,3 +81,29 @@ def test_rows_made_with_other_settings_are_refused(ablation: tuple[Path, Path], 
     err = capsys.readouterr().err
     assert "patch.json: this row was made with other settings" in err
     assert "epochs: there 2, now 3" in err
+
+
+def blank_masks(category: Path) -> None:
+    """Empty every defect mask: the pixel metrics become undefined (None)."""
+    for mask in (category / "ground_truth").rglob("*.png"):
+        Image.new("L", Image.open(mask).size).save(mask)
+
+
+def test_undefined_metrics_print_as_na(tmp_path: Path) -> None:
+    """A category whose masks mark no pixel: pixel AUROC and AUPRO are None, and the progress
+    line says n/a where formatting None as a float used to crash."""
+    generate(tmp_path, ("fabric",), image_size=64, n_train=4, n_test_good=2, n_test_per_defect=1)
+    blank_masks(tmp_path / "fabric")
+    config = FODConfig(
+        backbone="efficientnet_lite0", image_size=64, d_model=(32, 32), heads=2, num_layers=1,
+        epochs=1, batch_size=4,
+    )  # fmt: skip
+    lines: list[str] = []
+    report = run_ablation(
+        tmp_path / "fabric", tmp_path / "out", config, rows=["patch"], device="cpu",
+        progress=False, log=lines.append,
+    )  # fmt: skip
+    row = report["rows"][0]
+    assert row["pixel_auroc"] is None and row["aupro"] is None
+    assert isinstance(row["image_auroc"], float)
+    assert any("pixel AUROC n/a, AUPRO n/a" in line for line in lines)

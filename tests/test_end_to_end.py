@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from fod.cli.main import main
 from fod.config import FODConfig
@@ -71,6 +72,31 @@ def test_demo_writes_the_report(tmp_path: Path) -> None:
     assert stored["mean"]["image_auroc"] == pytest.approx(mean)
     assert summary["categories"] == stored["categories"]
     assert "| board |" in (out / "results.md").read_text()
+
+
+def test_demo_survives_undefined_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Masks that mark no pixel leave the pixel metrics undefined: the demo logs n/a."""
+    import fod.data.synthetic as synthetic
+
+    def generate_blank(*args, **kwargs) -> Path:
+        out = generate(*args, **kwargs)
+        for mask in out.rglob("ground_truth/*/*.png"):
+            Image.new("L", Image.open(mask).size).save(mask)
+        return out
+
+    monkeypatch.setattr(synthetic, "generate", generate_blank)
+    config = FODConfig(
+        backbone="efficientnet_lite0", image_size=64, d_model=(32, 32), heads=2,
+        num_layers=1, epochs=1, batch_size=4,
+    )  # fmt: skip
+    sizes = {"image_size": 64, "n_train": 4, "n_test_good": 2, "n_test_per_defect": 1}
+    lines: list[str] = []
+    summary = run_demo(
+        tmp_path / "demo", config, device="cpu", examples=1, progress=False,
+        log=lines.append, data_sizes=sizes,
+    )  # fmt: skip
+    assert all(e["pixel_auroc"] is None for e in summary["categories"].values())
+    assert sum("pixel AUROC n/a, AUPRO n/a" in line for line in lines) == 3
 
 
 @pytest.mark.skipif(not MTD.is_dir(), reason=f"MTD data set not found at {MTD}")

@@ -16,6 +16,7 @@ from fod.report import (
     colorize,
     markdown_table,
     mask_outline,
+    metrics_line,
     overlay_panel,
     panel_geometry,
     plot_losses,
@@ -244,3 +245,8 @@ def test_plot_losses_writes_png_without_touching_pyplot(history, tmp_path: Path)
     assert dict.__getitem__(matplotlib.rcParams, "backend") == backend
     assert ("matplotlib.pyplot" in sys.modules) == had_pyplot
     assert [p.name for p in tmp_path.iterdir()] == ["losses.png"]
+
+
+def test_metrics_line_shows_undefined_metrics_as_na() -> None:
+    metrics = {"image_auroc": np.float64(0.8125), "pixel_auroc": None, "aupro": float("nan")}
+    assert metrics_line(metrics) == "image AUROC 0.812, pixel AUROC n/a, AUPRO n/a"

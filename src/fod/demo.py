@@ -55,7 +55,7 @@ def run_demo(
     from fod.api import FOD
     from fod.data.synthetic import generate
     from fod.io import write_json
-    from fod.report import results_markdown, summarize, to_jsonable, write_results
+    from fod.report import metrics_line, results_markdown, summarize, to_jsonable, write_results
 
     out = Path(out).expanduser()
     start = time.perf_counter()
@@ -75,10 +75,7 @@ def run_demo(
         }
         entry["train_seconds"] = model.stats.get("train_seconds")
         per_category[name] = entry
-        log(
-            f"[{index}/{len(categories)}] {name}: image AUROC {entry['image_auroc']:.3f}, "
-            f"pixel AUROC {entry['pixel_auroc']:.3f}, AUPRO {entry['aupro']:.3f}"
-        )
+        log(f"[{index}/{len(categories)}] {name}: {metrics_line(entry)}")
     summary = summarize(per_category)
     summary["config"] = config.to_dict()
     summary["seconds"] = time.perf_counter() - start

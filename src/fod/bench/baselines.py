@@ -123,7 +123,7 @@ def run_baselines(
     from fod.backbone import create_backbone
     from fod.data import find_categories
     from fod.evaluation import category_features
-    from fod.report import format_value
+    from fod.report import metrics_line
 
     extractor = create_backbone(backbone, weights, layers)
     results: dict[str, Any] = {}
@@ -136,11 +136,7 @@ def run_baselines(
             metrics = features.evaluate(maps, scores)
             metrics["seconds"] = time.perf_counter() - t0
             per[name] = metrics
-            log(
-                f"{category.name} {name}: image AUROC {format_value(metrics['image_auroc'])}, "
-                f"pixel AUROC {format_value(metrics['pixel_auroc'])}, "
-                f"AUPRO {format_value(metrics['aupro'])}"
-            )
+            log(f"{category.name} {name}: {metrics_line(metrics)}")
         results[category.name] = per
     settings = {
         "backbone": extractor.describe(),

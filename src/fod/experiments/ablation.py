@@ -79,7 +79,7 @@ def run_ablation(
     from fod.backbone import create_backbone
     from fod.data import load_category
     from fod.evaluation import category_features
-    from fod.report import markdown_table, to_jsonable, write_csv
+    from fod.report import markdown_table, metrics_line, to_jsonable, write_csv
     from fod.scoring import score_features
     from fod.training import train
 
@@ -127,10 +127,7 @@ def run_ablation(
         payload = {"config": row_config.to_dict(), "record": record, "history": trained.history}
         write_json(result_path, to_jsonable(payload))
         state.unlink(missing_ok=True)
-        log(
-            f"{head}: image AUROC {metrics['image_auroc']:.3f}, pixel AUROC "
-            f"{metrics['pixel_auroc']:.3f}, AUPRO {metrics['aupro']:.3f}, {seconds:.0f} s"
-        )
+        log(f"{head}: {metrics_line(metrics)}, {seconds:.0f} s")
         records.append(record)
 
     table = markdown_table(records, COLUMNS)

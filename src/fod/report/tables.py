@@ -48,6 +48,16 @@ def format_value(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def metrics_line(metrics: Mapping[str, Any]) -> str:
+    """``image AUROC 0.812, pixel AUROC 0.904, AUPRO n/a``: a progress line that survives the
+    metrics :func:`fod.metrics.evaluate` leaves undefined (None)."""
+    return (
+        f"image AUROC {format_value(metrics.get('image_auroc'))}, "
+        f"pixel AUROC {format_value(metrics.get('pixel_auroc'))}, "
+        f"AUPRO {format_value(metrics.get('aupro'))}"
+    )
+
+
 def to_jsonable(obj: Any) -> Any:
     """Plain JSON types: numpy scalars/arrays to Python, NaN/inf to None, paths to strings."""
     if isinstance(obj, Mapping):
