@@ -25,6 +25,7 @@ spec section 5 in one backward pass (the target side keeps its sign).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -55,6 +56,22 @@ def _target_block(gy: Tensor, gx: Tensor, maps: int, shift: float = 0.0) -> Tens
     t = torch.addcmul(gy.new_tensor(shift), gy.unsqueeze(-1), gx.unsqueeze(-2))
     t = t.reshape(g, r, h * gx.shape[-1])
     return t.repeat(1, 1, maps) if maps > 1 else t
+
+
+def _outside_autocast(fn):
+    """Run the kernel in float32 even inside an autocast region (see :mod:`fod.precision`):
+    its softmax, logarithms and row sums must not run in a 16-bit type."""
+
+    @functools.wraps(fn)
+    def wrapper(q: Tensor, k: Tensor, v: Tensor, gy: Tensor, gx: Tensor, *args, **kwargs):
+        device = q.device.type
+        if not torch.is_autocast_enabled(device):
+            return fn(q, k, v, gy, gx, *args, **kwargs)
+        with torch.autocast(device_type=device, enabled=False):
+            tensors = (t.float() for t in (q, k, v, gy, gx))
+            return fn(*tensors, *args, **kwargs)
+
+    return wrapper
 
 
 class _FusedCorrelation(torch.autograd.Function):
@@ -197,6 +214,7 @@ def plain_correlation(
     return out, div, ent
 
 
+@_outside_autocast
 def fused_correlation(
     q: Tensor,
     k: Tensor,
@@ -229,6 +247,7 @@ def fused_correlation(
     )
 
 
+@_outside_autocast
 def correlation_attention(
     q: Tensor,
     k: Tensor,
