@@ -131,7 +131,11 @@ class FOD:
     :class:`~fod.model.Variant` switches ``intra``, ``inter``, ``entropy``, ``reference``,
     ``coreset_size``, ``score``, ``output_projection``). ``device``: "auto", "cpu" or "cuda".
     ``threshold`` overrides the calibrated decision threshold. ``cache_dir`` keeps backbone
-    features on disk between runs. ``progress`` shows progress bars.
+    features on disk between runs. ``progress`` shows progress bars. ``precision``: fp32, or
+    bf16 / fp16 autocast of the transformers during training (:mod:`fod.precision`).
+
+    Under torchrun (:mod:`fod.distributed`), :meth:`fit` is data-parallel: each rank computes
+    the features of its share of the images and trains on its share of every batch.
     """
 
     def __init__(
@@ -142,9 +146,13 @@ class FOD:
         threshold: float | None = None,
         cache_dir: str | Path | None = None,
         progress: bool = True,
+        precision: str = "fp32",
         **options: Any,
     ) -> None:
+        from fod.precision import check_precision
+
         self.config = make_config(config, **options)
+        self.precision = check_precision(precision)
         self.device = resolve_device(device)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.progress = progress
@@ -204,14 +212,19 @@ class FOD:
 
     def features(self, samples: Sequence[Sample]) -> list[Tensor]:
         """Backbone features of ``samples`` (from the cache when ``cache_dir`` is set)."""
-        from fod.training import FeatureCache, extract_features
+        from fod.training import FeatureCache
+        from fod.training.features import gathered_features
 
         backbone = self._backbone()
-        args = (backbone, samples, self.config.image_size)
-        options = {"device": self.device, "progress": self.progress}
-        if self.cache_dir is not None:
-            return FeatureCache(self.cache_dir).features(*args, **options)
-        return extract_features(*args, **options)
+        cache = FeatureCache(self.cache_dir) if self.cache_dir is not None else None
+        return gathered_features(
+            backbone,
+            samples,
+            self.config.image_size,
+            device=self.device,
+            progress=self.progress,
+            cache=cache,
+        )
 
     def fit(
         self,
@@ -234,7 +247,9 @@ class FOD:
         t0 = time.perf_counter()
         features = self.features(samples)
         seconds_features = time.perf_counter() - t0
-        result = train(self.config, features, state_path, resume, self.progress, self.device)
+        result = train(
+            self.config, features, state_path, resume, self.progress, self.device, self.precision
+        )
         self.levels = result.models
         self.history = result.history
         self._detector = None
@@ -245,12 +260,19 @@ class FOD:
 
     def _calibrate(self, features: list[Tensor]) -> None:
         """Threshold and heat-map range from the training images' own scores."""
+        from fod import distributed
         from fod.scoring import score_features
 
         self._require_fitted()
+        ctx = distributed.context()  # under torchrun each rank scores its share
+        share = distributed.shard_range(int(features[0].shape[0]), ctx.rank, ctx.world_size)
         maps, scores = score_features(
-            self.levels, features, self.config.image_size, device=self.device
+            self.levels,
+            [f[share.start : share.stop] for f in features],
+            self.config.image_size,
+            device=self.device,
         )
+        maps, scores = distributed.all_gather_rows(maps), distributed.all_gather_rows(scores)
         s = scores.double().numpy()
         m = maps.numpy()
         step = 1

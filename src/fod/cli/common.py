@@ -48,6 +48,16 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="training precision: fp32, or bf16 / fp16 autocast of the transformers "
+        "(the correlation kernel stays in float32; default: fp32)",
+    )
+
+
 def add_layout_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layout",

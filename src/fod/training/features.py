@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from fod import distributed
 from fod.backbone import FeatureExtractor
 from fod.config import INFERENCE_BATCH_SIZE
 from fod.data import ImageDataset, Sample
@@ -153,4 +154,46 @@ class FeatureCache:
         return levels
 
 
-__all__ = ["FeatureCache", "extract_features", "feature_key"]
+def gathered_features(
+    backbone: FeatureExtractor,
+    samples: Sequence[Sample],
+    image_size: int,
+    batch_size: int = INFERENCE_BATCH_SIZE,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    cache: FeatureCache | None = None,
+) -> list[Tensor]:
+    """Features of all ``samples`` on every rank of a torchrun job, each rank running the
+    backbone on its contiguous share only (rank 0 stores them in ``cache``).
+
+    Every rank keeps all features, not just its share: the inter branch's reference is a mean
+    (or coreset) over all training images, the threshold is the maximum over all of their
+    scores, and the seeded epoch order draws each batch from the whole set. The features are
+    small next to the backbone's work (a few MB per hundred images at the default sizes), so
+    one all-gather costs little. Outside torchrun this is :meth:`FeatureCache.features` or
+    :func:`extract_features`.
+    """
+    ctx = distributed.context()
+    if not ctx.enabled:
+        if cache is not None:
+            return cache.features(backbone, samples, image_size, batch_size, device, progress)
+        return extract_features(backbone, samples, image_size, batch_size, device, progress)
+    key = feature_key(backbone, samples, image_size) if cache is not None else None
+    cached = cache.load(key, count=len(samples)) if cache is not None and key else None
+    if distributed.all_reduce_sum([cached is not None])[0] == ctx.world_size:
+        return cached  # every rank read the same cache file
+    if len(samples) < ctx.world_size:
+        raise DataError(
+            f"{len(samples)} training images cannot be shared among {ctx.world_size} "
+            f"processes; start at most {len(samples)} (torchrun --nproc-per-node)"
+        )
+    share = [samples[i] for i in distributed.shard_range(len(samples), ctx.rank, ctx.world_size)]
+    local = extract_features(backbone, share, image_size, batch_size, device, progress)
+    levels = [distributed.all_gather_rows(t) for t in local]
+    if cache is not None and key and ctx.is_main:
+        info = {"backbone": backbone.describe(), "image_size": int(image_size)}
+        cache.save(key, levels, {**info, "images": len(samples)})
+    return levels
+
+
+__all__ = ["FeatureCache", "extract_features", "feature_key", "gathered_features"]

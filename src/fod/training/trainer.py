@@ -6,6 +6,14 @@ weights by ``torch.manual_seed(seed)`` before the models are built, the order of
 epoch ``e`` by a generator seeded with ``seed + e``. So a run is a function of its config and
 its features, and a run resumed from the state saved after any epoch continues exactly as if
 it had never stopped (the state holds the weights, Adam's moments and the history).
+
+Under torchrun (:mod:`fod.distributed`) the same loop runs data-parallel: every rank holds all
+features, takes its contiguous share of each batch of the seeded epoch order, and
+DistributedDataParallel averages the gradients. Each rank's loss is weighted by its share of the
+batch, so the averaged gradient is the gradient of the whole batch's mean loss and the weights
+match a one-process run with the same ``batch_size`` (the global batch). Nothing in the state
+depends on the number of processes, so a run may resume with another world size. Rank 0 alone
+writes the state.
 """
 
 from __future__ import annotations
@@ -21,10 +29,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fod import distributed
 from fod.config import SIGNATURE_KEYS, TRAINING_KEYS, FODConfig
 from fod.errors import CheckpointError, DataError
 from fod.io import load_tensors, save_tensors, stamp_problem
 from fod.model import FODTransformer, LevelSpec, coreset_reference, fod_objective, mean_reference
+from fod.precision import autocast, check_precision, grad_scaler
 
 STATE_FORMAT = "fod-train-state"
 STATE_VERSION = 1
@@ -195,6 +205,39 @@ class _Means:
     def means(self) -> dict[str, float]:
         return {k: v / max(1, self.weight) for k, v in self.sums.items()}
 
+    def reduce(self) -> None:
+        """Sum the running sums over the ranks of a distributed run (a no-op otherwise)."""
+        keys = sorted(self.sums)
+        totals = distributed.all_reduce_sum([*(self.sums[k] for k in keys), self.weight])
+        self.sums = dict(zip(keys, totals[:-1], strict=True))
+        self.weight = round(totals[-1])
+
+
+def _local_batch(idx: Tensor, ctx: distributed.Context) -> tuple[Tensor, int, float]:
+    """This rank's rows of the global batch ``idx``, how many count, and its loss weight.
+
+    The weight ``world * rows / len(idx)`` makes DDP's gradient average equal the gradient of
+    the whole batch's mean loss. A rank left without rows (a last batch smaller than the world)
+    still runs one row with weight 0, since every rank must take part in each backward pass.
+    """
+    if not ctx.enabled:
+        return idx, len(idx), 1.0
+    share = distributed.shard_range(len(idx), ctx.rank, ctx.world_size)
+    part = idx[share.start : share.stop]
+    if len(part) == 0:
+        return idx[:1], 0, 0.0
+    return part, len(part), ctx.world_size * len(part) / len(idx)
+
+
+def _data_parallel(models: list[FODTransformer], device: torch.device) -> list[torch.nn.Module]:
+    """Each level wrapped in DistributedDataParallel (the models themselves, in one process)."""
+    if not distributed.context().enabled:
+        return list(models)
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return [DistributedDataParallel(m, device_ids=ids) for m in models]
+
 
 def train(
     config: FODConfig,
@@ -203,6 +246,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> TrainResult:
     """Train one FOD transformer per feature level on ``features`` (one (N, C, H, W) each).
 
@@ -210,9 +254,13 @@ def train(
     ``resume=True`` training continues from it (refused when it was made for another
     configuration or other images). History entries hold, per epoch, the mean of each loss
     term over the level-averaged batches, the same per level under ``"levels"``, and seconds.
+    ``precision``: fp32, or bf16 / fp16 autocast of the transformers (:mod:`fod.precision`).
+    Under torchrun every rank passes the same (all) features; see the module notes.
     """
     n = _check_features(config, features)
     device = torch.device(device)
+    precision = check_precision(precision)
+    ctx = distributed.context()
     models = build_models(config, features)
     for m in models:
         m.to(device)
@@ -225,7 +273,8 @@ def train(
     if resume:
         if state_path is None:
             raise ValueError("resume=True needs a state_path")
-        state = read_state(state_path)
+        path = state_path
+        state = distributed.on_main(lambda: read_state(path))
         _check_state(state_path, state, config, models, n)
         try:
             for model, sd in zip(models, state["models"], strict=True):
@@ -250,9 +299,11 @@ def train(
         initial=steps_per_epoch * min(start, config.epochs),
         desc="train",
         unit="step",
-        disable=not progress,
+        disable=not (progress and ctx.is_main),
         dynamic_ncols=True,
     )
+    replicas = _data_parallel(models, device)
+    scaler = grad_scaler(device, precision)
     try:
         for epoch in range(start, config.epochs):
             for m in models:
@@ -262,19 +313,26 @@ def train(
             overall = _Means()
             order = epoch_order(config.seed, epoch, n)
             for first in range(0, n, config.batch_size):
-                idx = order[first : first + config.batch_size]
+                idx, rows, weight = _local_batch(order[first : first + config.batch_size], ctx)
                 optimizer.zero_grad(set_to_none=True)
                 batch_terms: list[dict[str, float]] = []
-                for model, feats, means in zip(models, features, per_level, strict=True):
+                for model, feats, means in zip(replicas, features, per_level, strict=True):
                     x = feats[idx].to(device, non_blocking=True)
-                    terms = fod_objective(model(x), config.variant, config.lambda1, config.lambda2)
-                    terms.total.backward()
+                    with autocast(device, precision):
+                        out = model(x)
+                    terms = fod_objective(out, config.variant, config.lambda1, config.lambda2)
+                    loss = terms.total if weight == 1.0 else terms.total * weight
+                    (loss if scaler is None else scaler.scale(loss)).backward()
                     logged = terms.as_dict()
-                    means.add(logged, len(idx))
+                    means.add(logged, rows)
                     batch_terms.append(logged)
-                optimizer.step()
+                if scaler is None:
+                    optimizer.step()
+                else:
+                    scaler.step(optimizer)
+                    scaler.update()
                 avg = {k: sum(t[k] for t in batch_terms) / len(batch_terms) for k in batch_terms[0]}
-                overall.add(avg, len(idx))
+                overall.add(avg, rows)
                 running = overall.means()
                 bar.set_postfix(
                     epoch=f"{epoch + 1}/{config.epochs}",
@@ -284,11 +342,14 @@ def train(
                     refresh=False,
                 )
                 bar.update(1)
+            if ctx.enabled:
+                for means in (overall, *per_level):
+                    means.reduce()
             entry: dict[str, Any] = {"epoch": epoch + 1, **overall.means()}
             entry["seconds"] = time.perf_counter() - t0
             entry["levels"] = [m.means() for m in per_level]
             history.append(entry)
-            if state_path is not None:
+            if state_path is not None and ctx.is_main:
                 save_tensors(
                     state_path, _state_payload(config, models, optimizer, epoch + 1, history, n)
                 )

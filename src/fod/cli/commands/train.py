@@ -2,14 +2,26 @@
 
 The training state after every epoch goes to ``MODEL.state.pt`` next to the model; after an
 interruption ``--resume`` continues from it, and it is removed once the model file is written.
+
+Under ``torchrun --nproc-per-node N -m fod train ...`` the run is data-parallel
+(:mod:`fod.distributed`): ``--batch-size`` is the global batch, every rank computes the
+features of its share of the images and trains on its share of each batch, and rank 0 alone
+writes the state and the model file. The state does not depend on the number of processes,
+so ``--resume`` works with another ``--nproc-per-node``.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fod.cli import common
+
+if TYPE_CHECKING:
+    import torch
+
+    from fod.distributed import Context
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -32,11 +44,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     common.add_train_options(parser)
     common.add_layout_option(parser)
     common.add_device_option(parser)
+    common.add_precision_option(parser)
     common.add_quiet_option(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    from fod import distributed
+
+    ctx, device = distributed.setup(args.device)
+    try:
+        return _run(args, ctx, device)
+    finally:
+        distributed.shutdown()
+
+
+def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
+    from fod import distributed
     from fod.api import FOD
     from fod.errors import CheckpointError
 
@@ -45,15 +69,20 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{out}: is a folder; --out must be a file name like model.pt")
     state = common.state_path_for(out)
     config = common.config_from_args(args)
-    if state.exists() and not args.resume:
+    # rank 0's view of the files decides for every rank (nodes need not share a file system)
+    state_exists = distributed.on_main(state.exists)
+    if state_exists and not args.resume:
         raise CheckpointError(
             f"{state}: a training state from an earlier, unfinished run exists. Pass --resume "
             "to continue it, or delete the file to start over."
         )
-    resume = bool(args.resume and state.exists())
-    if args.resume and not resume:
+    resume = bool(args.resume and state_exists)
+    if args.resume and not resume and ctx.is_main:
         common.eprint(f"note: no training state at {state}; training from the start")
-    model = FOD(config, device=args.device, cache_dir=args.cache, progress=not args.quiet)
+    progress = not args.quiet and ctx.is_main
+    model = FOD(
+        config, device=device, cache_dir=args.cache, progress=progress, precision=args.precision
+    )
     try:
         model.fit(args.data, layout=args.layout, state_path=state, resume=resume)
     except KeyboardInterrupt:
@@ -62,12 +91,15 @@ def run(args: argparse.Namespace) -> int:
             "run the same command with --resume to continue"
         )
         return common.EXIT_INTERRUPTED
+    if not ctx.is_main:
+        return 0
     model.save(out)
     state.unlink(missing_ok=True)
     stats = model.stats
+    where = f"{model.device} x {ctx.world_size} processes" if ctx.enabled else f"{model.device}"
     print(
         f"trained on {stats['num_train']} images for {config.epochs} epoch(s) "
-        f"({stats['train_seconds']:.1f} s on {model.device}); threshold {model.threshold:.6g} "
+        f"({stats['train_seconds']:.1f} s on {where}); threshold {model.threshold:.6g} "
         f"(max training score); model written to {out}"
     )
     return 0
