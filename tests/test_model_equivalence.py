@@ -1,6 +1,11 @@
-"""The fast path against the direct transcription of the spec: values, gradients, scores."""
+"""The fast path against the direct transcription of the spec: values, gradients, scores.
+
+``FOD_TEST_DEVICE=cuda`` runs them on a GPU (``benchmarks/gpu_check.sh`` does).
+"""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -8,6 +13,8 @@ import torch
 import fod.model.correlation as correlation
 from fod.model import FODTransformer, LevelSpec, Variant, fod_objective, token_scores
 from fod.model.direct import direct_scores, direct_train_step
+
+DEVICE = torch.device(os.environ.get("FOD_TEST_DEVICE", "cpu"))
 
 # The eight rows of the paper's ablation table, plus the output projection and a Rec score.
 VARIANTS = {
@@ -72,13 +79,13 @@ def test_fast_path_matches_direct_transcription(name, blocks, monkeypatch):
     variant = VARIANTS[name]
     spec = LevelSpec(channels=6, height=5, width=7, d_model=16, heads=4, layers=2)
     reference = torch.randn(variant.reference_maps, 6, 5, 7, dtype=torch.float64)
-    model = FODTransformer(spec, variant, reference).double()
+    model = FODTransformer(spec, variant, reference).double().to(DEVICE)
     # Spread the predicted scales over the whole range, tiny to 2 cells.
     for layer in model.layers:
         for att in (layer.intra, layer.inter):
             if att is not None:
                 torch.nn.init.normal_(att.sigma.weight, std=0.5)
-    features = torch.randn(3, 6, 5, 7, dtype=torch.float64)
+    features = torch.randn(3, 6, 5, 7, dtype=torch.float64).to(DEVICE)
     _compare(model, features, tol=1e-5)
 
 
@@ -87,8 +94,8 @@ def test_realistic_size_matches_direct_transcription():
     torch.manual_seed(1)
     spec = LevelSpec(channels=1024, height=16, width=16, d_model=512, heads=8, layers=3)
     reference = torch.randn(1, 1024, 16, 16, dtype=torch.float64)
-    model = FODTransformer(spec, Variant(), reference).double()
-    features = torch.randn(2, 1024, 16, 16, dtype=torch.float64)
+    model = FODTransformer(spec, Variant(), reference).double().to(DEVICE)
+    features = torch.randn(2, 1024, 16, 16, dtype=torch.float64).to(DEVICE)
     _compare(model, features, tol=1e-5)
 
 
@@ -97,10 +104,10 @@ def test_float32_fast_path_close_to_float64_direct():
     torch.manual_seed(2)
     spec = LevelSpec(channels=8, height=6, width=4, d_model=32, heads=4, layers=2)
     reference = torch.randn(1, 8, 6, 4)
-    model32 = FODTransformer(spec, Variant(), reference)
-    model64 = FODTransformer(spec, Variant(), reference.double()).double()
+    model32 = FODTransformer(spec, Variant(), reference).to(DEVICE)
+    model64 = FODTransformer(spec, Variant(), reference.double()).double().to(DEVICE)
     model64.load_state_dict({k: v.double() for k, v in model32.state_dict().items()})
-    features = torch.randn(2, 8, 6, 4)
+    features = torch.randn(2, 8, 6, 4).to(DEVICE)
     terms = fod_objective(model32(features), model32.variant)
     loss1, loss2 = direct_train_step(model64, features.double())
     assert terms.loss1 == pytest.approx(loss1, rel=1e-4)

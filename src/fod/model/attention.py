@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -84,7 +85,10 @@ class CorrelationAttention(nn.Module):
         if self.sigma is None or not with_stats:
             o = F.scaled_dot_product_attention(q, k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
         else:
-            sigma = sigma_from_raw(self.sigma(x)).view(b, n, self.heads, 2).transpose(1, 2)
+            # the scales and targets in float32 even under autocast: in bf16, 3^(1e-5) - 1 is 0
+            raw = self.sigma(x)
+            raw = raw.to(torch.promote_types(raw.dtype, torch.float32))
+            sigma = sigma_from_raw(raw).view(b, n, self.heads, 2).transpose(1, 2)
             gy, gx = separable_target(sigma, height, width)
             scale = (d // self.heads) ** -0.5
             o, div_h, ent_h = correlation_attention(

@@ -67,8 +67,8 @@ def _attention(
     sigma_x = sigma[..., 1:2].repeat(1, 1, 1, keys)
     q_rows, q_cols = _grid_positions(height, width, 1)
     k_rows, k_cols = _grid_positions(height, width, maps)
-    dist_y = (q_rows[:, None] - k_rows[None, :]).to(x.dtype)  # (L, maps L)
-    dist_x = (q_cols[:, None] - k_cols[None, :]).to(x.dtype)
+    dist_y = (q_rows[:, None] - k_rows[None, :]).to(x)  # (L, maps L), on x's device
+    dist_x = (q_cols[:, None] - k_cols[None, :]).to(x)
     t = (
         1.0
         / (2.0 * math.pi * sigma_y * sigma_x)
