@@ -38,6 +38,7 @@ class Case:
     layers: int = 3
     repeats: int = 3
     seed: int = 0
+    device: str = "cpu"
 
 
 @dataclass
@@ -51,6 +52,8 @@ class CaseResult:
     baseline_rss_mb: float | None = None
     step_peak_mb: float | None = None
     threads: int | None = None
+    device: str | None = None
+    cuda_peak_mb: float | None = None
     skipped: str | None = None
     train_step_all_s: list[float] = field(default_factory=list)
 
@@ -71,12 +74,19 @@ def run_case(case: Case) -> CaseResult:
     from fod.model import FODTransformer, LevelSpec, Variant, fod_objective
     from fod.model.direct import direct_scores, direct_train_step
 
+    device = torch.device(case.device)
     torch.manual_seed(case.seed)
     models, features = [], []
     for channels, height, width, d_model in case.levels:
         spec = LevelSpec(channels, height, width, d_model, case.heads, case.layers)
-        models.append(FODTransformer(spec, Variant(), torch.randn(1, channels, height, width)))
-        features.append(torch.randn(case.batch, channels, height, width))
+        reference = torch.randn(1, channels, height, width)
+        models.append(FODTransformer(spec, Variant(), reference).to(device))
+        features.append(torch.randn(case.batch, channels, height, width).to(device))
+
+    def sync() -> None:  # CUDA runs asynchronously: wait before reading the clock
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     params = [p for m in models for p in m.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-4)
 
@@ -98,16 +108,22 @@ def run_case(case: Case) -> CaseResult:
                     direct_scores(model, x)
 
     baseline = _current_rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(case.repeats + 1):  # the first step warms up and is not counted
+        sync()
         start = time.perf_counter()
         train_step()
+        sync()
         times.append(time.perf_counter() - start)
     step = statistics.median(times[1:])
     test_times = []
     for _ in range(case.repeats + 1):
+        sync()
         start = time.perf_counter()
         test_pass()
+        sync()
         test_times.append(time.perf_counter() - start)
     test = statistics.median(test_times[1:]) / case.batch
     peak = _peak_rss_mb()
@@ -121,6 +137,10 @@ def run_case(case: Case) -> CaseResult:
         baseline_rss_mb=baseline,
         step_peak_mb=peak - baseline,
         threads=torch.get_num_threads(),
+        device=str(device),
+        cuda_peak_mb=(
+            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        ),
         train_step_all_s=times,
     )
 
@@ -162,13 +182,14 @@ def run_benchmark(
     repeats: int = 3,
     timeout: float = 1800.0,
     log=print,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Run every (path, batch) case in its own process and compute the ratios."""
     results: list[CaseResult] = []
     for batch in batches:
         by_path: dict[str, CaseResult] = {}
         for path in paths:
-            case = Case(path, batch, tuple(levels), heads, layers, repeats)
+            case = Case(path, batch, tuple(levels), heads, layers, repeats, device=device)
             skip = None
             direct1 = next((r for r in results if r.path == "direct" and r.batch == 1), None)
             if path == "direct" and batch > 1 and direct1 and direct1.step_peak_mb:
@@ -205,6 +226,7 @@ def run_benchmark(
             "heads": heads,
             "layers": layers,
             "repeats": repeats,
+            "device": device,
             "memory": "step_peak_mb = peak RSS - RSS before the first step; "
             "peak_rss_mb = whole process",
         },

@@ -40,9 +40,11 @@ def _step_arguments(parser: argparse.ArgumentParser) -> None:
         help="tiny sizes instead of the authors' (a smoke test of the command)",
     )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
 
 
 def _run_step(args: argparse.Namespace) -> dict[str, Any]:
+    from fod.api import resolve_device
     from fod.bench import step
 
     levels = step.TINY_LEVELS if args.tiny else step.AUTHORS_LEVELS
@@ -56,6 +58,7 @@ def _run_step(args: argparse.Namespace) -> dict[str, Any]:
         args.repeats,
         args.timeout,
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        device=str(resolve_device(args.device)),
     )
 
 
