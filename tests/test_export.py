@@ -16,19 +16,13 @@ import onnx
 from test_api_cli import OPTIONS, S, make_category
 
 import fod
-import fod.model.correlation as correlation
 from fod.api import FOD, NotFittedError
 from fod.cli.main import main
 from fod.config import FODConfig
 from fod.data import load_batch
 from fod.errors import CheckpointError
 from fod.export import ExportError, check_onnx, export_onnx, read_metadata, run_onnx
-from fod.model import FODTransformer, LevelSpec, Variant
-from fod.model.correlation import (
-    correlation_attention,
-    plain_correlation,
-    plain_correlation_mode,
-)
+from fod.model import FODTransformer, LevelSpec
 
 BATCH = 4
 
@@ -95,73 +89,6 @@ def test_onnx_graph_signature_and_metadata(model_file: Path, onnx_file: Path) ->
     assert meta["threshold"] == model.threshold and meta["image_size"] == S
     assert meta["batch_size"] == BATCH and meta["opset"] == 17
     assert meta["heatmap_range"] == list(model.heatmap_range)
-
-
-# ------------------------------------------------------------------ the plain correlation path
-
-
-def _inputs(b: int, shared: bool, heads: int, maps: int, dtype: torch.dtype) -> list[torch.Tensor]:
-    """q, k, v, gy, gx of correlation_attention; ``shared``: one key set for the batch."""
-    n, h, w, dh = 12, 3, 4, 5
-    bk = 1 if shared else b
-    keys = maps * h * w
-    return [
-        torch.randn(b, heads, n, dh, dtype=dtype),
-        torch.randn(bk, heads, keys, dh, dtype=dtype),
-        torch.randn(bk, heads, keys, dh, dtype=dtype),
-        torch.softmax(torch.randn(b, heads, n, h, dtype=dtype), -1),
-        torch.softmax(torch.randn(b, heads, n, w, dtype=dtype), -1),
-    ]
-
-
-@pytest.mark.parametrize("maps", [1, 3])
-@pytest.mark.parametrize("shared", [True, False])
-def test_plain_correlation_equals_fused(
-    maps: int, shared: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(correlation, "BLOCK_ELEMENTS", 64)  # several row blocks on the fast path
-    torch.manual_seed(maps * 10 + shared)
-    # float64: values and gradients (minimax sign included) agree to rounding
-    args = [a.requires_grad_() for a in _inputs(2, shared, 2, maps, torch.float64)]
-    weights = [torch.randn(2, 2, 12, 5, dtype=torch.float64), torch.randn(2, 2, 12)]
-    weights.append(torch.randn(2, 2, 12, dtype=torch.float64))
-    fast = correlation_attention(*args, maps=maps, s_div_scale=-1.0)
-    plain = plain_correlation(*args, maps=maps, s_div_scale=-1.0)
-    for a, b in zip(fast, plain, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-
-    def grads(outputs):
-        loss = sum((o * wt).sum() for o, wt in zip(outputs, weights, strict=True))
-        return torch.autograd.grad(loss, args)
-
-    for a, b in zip(grads(fast), grads(plain), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
-
-    # float32, as exported: the switch gives the plain path, and it matches the fast one
-    args32 = _inputs(3, shared, 2, maps, torch.float32)
-    with torch.no_grad():
-        fast = correlation_attention(*args32, maps=maps, with_entropy=False)
-        with plain_correlation_mode():
-            plain = correlation_attention(*args32, maps=maps, with_entropy=False)
-    for a, b in zip(fast, plain, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert not bool(plain[2].any())  # no entropy asked for: zeros, as on the fast path
-
-
-def test_plain_mode_gives_the_same_token_scores() -> None:
-    torch.manual_seed(7)
-    spec = LevelSpec(channels=12, height=5, width=7, d_model=16, heads=2, layers=2)
-    for variant in (Variant(), Variant(reference="coreset", coreset_size=3, score="div")):
-        reference = torch.randn(variant.reference_maps, 12, 5, 7)
-        model = FODTransformer(spec, variant, reference).eval()
-        features = torch.randn(3, 12, 5, 7)
-        with torch.no_grad():
-            fast = model.score(features)
-            with plain_correlation_mode():
-                plain = model.score(features)
-            again = model.score(features)
-        torch.testing.assert_close(plain, fast, rtol=1e-5, atol=1e-6)
-        assert torch.equal(again, fast)  # the mode ends with its block
 
 
 # ------------------------------------------------------------------ other variants, dynamic batch
