@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+from conftest import tiny_args, tiny_config
 from PIL import Image
-from test_api_cli import TRAIN, make_category
 
 from fod.cli.main import main
-from fod.config import FODConfig
-from fod.data.synthetic import generate
 from fod.experiments.ablation import run_ablation
 from fod.experiments.ablation_rows import ablation_rows
 
@@ -20,12 +19,11 @@ ROWS = ["patch", "intra_noent_div", "inter_coreset", "full"]
 
 
 @pytest.fixture(scope="module")
-def ablation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    data = make_category(tmp_path_factory.mktemp("data") / "widget")
+def ablation(generated: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("ablation")
-    args = ["ablate", str(data), "--out", str(out), *TRAIN, "--epochs", "2"]
+    args = ["ablate", str(generated), "--out", str(out), *tiny_args(epochs=2)]
     assert main([*args, "--coreset-size", "2", "--rows", *ROWS]) == 0
-    return data, out
+    return generated, out
 
 
 def test_rows_match_the_paper_table() -> None:
@@ -67,7 +65,7 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
 def test_rerun_redoes_nothing(ablation: tuple[Path, Path], capsys) -> None:
     data, out = ablation
     before = {p.name: p.stat().st_mtime_ns for p in (out / "rows").glob("*.json")}
-    args = ["ablate", str(data), "--out", str(out), *TRAIN, "--epochs", "2"]
+    args = ["ablate", str(data), "--out", str(out), *tiny_args(epochs=2)]
     assert main([*args, "--coreset-size", "2", "--rows", *ROWS]) == 0
     after = {p.name: p.stat().st_mtime_ns for p in (out / "rows").glob("*.json")}
     assert before == after
@@ -76,7 +74,7 @@ def test_rerun_redoes_nothing(ablation: tuple[Path, Path], capsys) -> None:
 
 def test_rows_made_with_other_settings_are_refused(ablation: tuple[Path, Path], capsys) -> None:
     data, out = ablation
-    args = ["ablate", str(data), "--out", str(out), *TRAIN, "--epochs", "3", "--rows", "patch"]
+    args = ["ablate", str(data), "--out", str(out), *tiny_args(epochs=3), "--rows", "patch"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "patch.json: this row was made with other settings" in err
@@ -89,18 +87,14 @@ def blank_masks(category: Path) -> None:
         Image.new("L", Image.open(mask).size).save(mask)
 
 
-def test_undefined_metrics_print_as_na(tmp_path: Path) -> None:
+def test_undefined_metrics_print_as_na(generated: Path, tmp_path: Path) -> None:
     """A category whose masks mark no pixel: pixel AUROC and AUPRO are None, and the progress
     line says n/a where formatting None as a float used to crash."""
-    generate(tmp_path, ("fabric",), image_size=64, n_train=4, n_test_good=2, n_test_per_defect=1)
-    blank_masks(tmp_path / "fabric")
-    config = FODConfig(
-        backbone="efficientnet_lite0", image_size=64, d_model=(32, 32), heads=2, num_layers=1,
-        epochs=1, batch_size=4,
-    )  # fmt: skip
+    data = shutil.copytree(generated, tmp_path / "board")
+    blank_masks(data)
     lines: list[str] = []
     report = run_ablation(
-        tmp_path / "fabric", tmp_path / "out", config, rows=["patch"], device="cpu",
+        data, tmp_path / "out", tiny_config(epochs=1), rows=["patch"], device="cpu",
         progress=False, log=lines.append,
     )  # fmt: skip
     row = report["rows"][0]

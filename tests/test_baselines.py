@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import GENERATED, GENERATED_DEFECTS, TINY
 
 from fod.bench.baselines import (
     gaussian_distance,
@@ -78,22 +79,27 @@ def test_unknown_baseline_and_mismatched_levels_are_refused() -> None:
         mean_distance(train, train[:, :3])
 
 
-def test_cli_scores_generated_data(tmp_path: Path) -> None:
-    data = generate(
-        tmp_path / "data", ("board",), image_size=64, n_train=10, n_test_good=4,
-        n_test_per_defect=2, seed=3,
-    )  # fmt: skip
+def test_cli_scores_generated_data(generated: Path, tmp_path: Path) -> None:
     out = tmp_path / "baselines.json"
-    args = ["bench", "baselines", str(data / "board"), "--backbone", "efficientnet_lite0"]
-    args += ["--image-size", "64", "--json", str(out), "--quiet", "--cache", str(tmp_path / "c")]
+    args = ["bench", "baselines", str(generated), "--backbone", TINY["backbone"]]
+    args += [
+        "--image-size",
+        str(TINY["image_size"]),
+        "--json",
+        str(out),
+        "--quiet",
+        "--cache",
+        str(tmp_path / "c"),
+    ]
     assert main(args) == 0
     report = json.loads(out.read_text())
     per = report["categories"]["board"]
     assert set(per) == {"mean", "gaussian", "nearest"}
     for metrics in per.values():
         assert 0.0 <= metrics["image_auroc"] <= 1.0
-        assert metrics["counts"]["images"] == 4 + 2 * len(metrics["per_defect"])
-    assert report["settings"]["image_size"] == 64
+        n = GENERATED["n_test_good"] + GENERATED["n_test_per_defect"] * len(GENERATED_DEFECTS)
+        assert metrics["counts"]["images"] == n
+    assert report["settings"]["image_size"] == TINY["image_size"]
     assert list((tmp_path / "c").glob("*.pt"))  # the features went through the shared cache
 
 

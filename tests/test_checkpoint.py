@@ -7,23 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from fod.backbone import create_backbone
-from fod.config import FODConfig
 from fod.errors import CheckpointError
 from fod.io import save_tensors, stamp_problem
 from fod.scoring import Detector
 from fod.training import load_model_file, read_model_file, save_model_file, train
 
-CONFIG = FODConfig(
-    backbone="efficientnet_lite0",
-    image_size=64,
-    d_model=(32, 32),
-    heads=2,
-    num_layers=1,
-    epochs=1,
-    batch_size=2,
-)
+CONFIG = tiny_config(epochs=1, batch_size=2)
 
 
 @pytest.fixture(scope="module")

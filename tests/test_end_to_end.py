@@ -8,29 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import GENERATED, GENERATED_DEFECTS, tiny_args, tiny_config
 from PIL import Image
 
 from fod.cli.main import main
-from fod.config import FODConfig
-from fod.data.synthetic import CATEGORIES, generate
+from fod.data.synthetic import generate
 from fod.demo import run_demo
 
 MTD = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mtd"
-TINY = [
-    "--backbone", "efficientnet_lite0", "--image-size", "64", "--d-model", "32", "32",
-    "--heads", "2", "--num-layers", "1", "--batch-size", "4", "--lr", "1e-3", "--quiet",
-]  # fmt: skip
 
 
-def test_generated_data_train_test_predict(tmp_path: Path) -> None:
+def test_generated_data_train_test_predict(generated: Path, tmp_path: Path) -> None:
     """Train on generated boards, test, predict: defects score above normal images."""
-    data = generate(
-        tmp_path / "data", ("board",), image_size=64, n_train=16, n_test_good=6,
-        n_test_per_defect=3, seed=1,
-    )  # fmt: skip
-    category = data / "board"
+    category = generated
     model = tmp_path / "board.pt"
-    assert main(["train", str(category), "--out", str(model), *TINY, "--epochs", "8"]) == 0
+    assert main(["train", str(category), "--out", str(model), *tiny_args()]) == 0
     assert main(["test", str(model), str(category), "--json", str(tmp_path / "r.json")]) == 0
     results = json.loads((tmp_path / "r.json").read_text())["categories"]["board"]
     assert results["image_auroc"] > 0.5
@@ -38,7 +30,8 @@ def test_generated_data_train_test_predict(tmp_path: Path) -> None:
     assert main(["predict", str(model), str(category / "test"), "--out", str(out)]) == 0
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 6 + 3 * len(CATEGORIES["board"].defects)
+    n = GENERATED
+    assert len(rows) == n["n_test_good"] + n["n_test_per_defect"] * len(GENERATED_DEFECTS)
     scores = {"good": [], "defect": []}
     for row in rows:
         kind = "good" if "/good/" in row["path"].replace("\\", "/") else "defect"
@@ -49,10 +42,7 @@ def test_generated_data_train_test_predict(tmp_path: Path) -> None:
 
 def test_demo_writes_the_report(tmp_path: Path) -> None:
     """The demo pipeline with tiny sizes: tables, panels and loss plots for every category."""
-    config = FODConfig(
-        backbone="efficientnet_lite0", image_size=64, d_model=(32, 32), heads=2,
-        num_layers=1, epochs=2, batch_size=4, lr=1e-3,
-    )  # fmt: skip
+    config = tiny_config(epochs=2)
     sizes = {"image_size": 64, "n_train": 8, "n_test_good": 3, "n_test_per_defect": 1}
     summary = run_demo(
         tmp_path / "demo", config, device="cpu", examples=1, progress=False,
@@ -85,10 +75,7 @@ def test_demo_survives_undefined_metrics(tmp_path: Path, monkeypatch: pytest.Mon
         return out
 
     monkeypatch.setattr(synthetic, "generate", generate_blank)
-    config = FODConfig(
-        backbone="efficientnet_lite0", image_size=64, d_model=(32, 32), heads=2,
-        num_layers=1, epochs=1, batch_size=4,
-    )  # fmt: skip
+    config = tiny_config(epochs=1)
     sizes = {"image_size": 64, "n_train": 4, "n_test_good": 2, "n_test_per_defect": 1}
     lines: list[str] = []
     summary = run_demo(
@@ -118,7 +105,7 @@ def test_mtd_subset_smoke(tmp_path: Path) -> None:
         name = f"{f.stem}_mask.png"
         (masks / name).symlink_to(MTD / "ground_truth" / "blowhole" / name)
     model = tmp_path / "mtd.pt"
-    assert main(["train", str(category), "--out", str(model), *TINY, "--epochs", "1"]) == 0
+    assert main(["train", str(category), "--out", str(model), *tiny_args(epochs=1)]) == 0
     assert main(["test", str(model), str(category), "--json", str(tmp_path / "r.json")]) == 0
     entry = json.loads((tmp_path / "r.json").read_text())["categories"]["mtd"]
     for key in ("image_auroc", "pixel_auroc", "aupro"):

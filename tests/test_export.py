@@ -13,7 +13,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import onnx
-from test_api_cli import OPTIONS, S, make_category
+from conftest import TINY, tiny_config
 
 import fod
 from fod.api import FOD, NotFittedError
@@ -24,28 +24,26 @@ from fod.errors import CheckpointError
 from fod.export import ExportError, check_onnx, export_onnx, read_metadata, run_onnx
 from fod.model import FODTransformer, LevelSpec
 
+S = TINY["image_size"]
 BATCH = 4
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_category(tmp_path_factory.mktemp("data") / "widget")
-
-
-@pytest.fixture(scope="module")
-def model_file(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = FOD(device="cpu", progress=False, **{**OPTIONS, "epochs": 1}).fit(data)
-    return model.save(tmp_path_factory.mktemp("model") / "widget.pt")
+def model_file(generated: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = FOD(tiny_config(epochs=1), device="cpu", progress=False).fit(generated)
+    return model.save(tmp_path_factory.mktemp("model") / "board.pt")
 
 
 @pytest.fixture(scope="module")
 def onnx_file(model_file: Path) -> Path:
-    return export_onnx(model_file, model_file.with_name("widget.onnx"), batch_size=BATCH)
+    return export_onnx(model_file, model_file.with_name("board.onnx"), batch_size=BATCH)
 
 
-def test_onnx_scores_like_the_checkpoint(model_file: Path, onnx_file: Path, data: Path) -> None:
+def test_onnx_scores_like_the_checkpoint(
+    model_file: Path, onnx_file: Path, generated: Path
+) -> None:
     # Real test images, not the random batch the graph was traced with.
-    paths = sorted((data / "test").rglob("*.png"))
+    paths = sorted((generated / "test").rglob("*.png"))[: 2 * BATCH]
     assert len(paths) == 2 * BATCH
     images = load_batch(paths, S)
     model = FOD.load(model_file, device="cpu", progress=False)
@@ -98,7 +96,7 @@ def test_onnx_graph_signature_and_metadata(model_file: Path, onnx_file: Path) ->
 def backbone():
     from fod.backbone import create_backbone
 
-    return create_backbone(OPTIONS["backbone"])
+    return create_backbone(TINY["backbone"])
 
 
 @pytest.mark.parametrize(
@@ -111,11 +109,11 @@ def backbone():
     ids=["intra", "coreset", "patch"],
 )
 def test_variants_export_with_a_dynamic_batch(
-    variant: dict, backbone, data: Path, tmp_path: Path
+    variant: dict, backbone, generated: Path, tmp_path: Path
 ) -> None:
     """Untrained levels of other variants: the graph must still compute Detector's values."""
     torch.manual_seed(3)
-    model = FOD(device="cpu", progress=False, threshold=1.0, **{**OPTIONS, **variant})
+    model = FOD(device="cpu", progress=False, threshold=1.0, **{**TINY, **variant})
     config = model.config
     with torch.no_grad():
         features = backbone(torch.rand(2, 3, S, S))
@@ -128,7 +126,7 @@ def test_variants_export_with_a_dynamic_batch(
     model.backbone, model.levels = backbone, levels
     path = export_onnx(model, tmp_path / "v.onnx", batch_size=2, dynamic_batch=True)
     assert read_metadata(path)["batch_size"] is None
-    images = load_batch(sorted((data / "test").rglob("*.png"))[:3], S)
+    images = load_batch(sorted((generated / "test").rglob("*.png"))[:3], S)
     for batch in (images, images[:1]):  # traced with 2, run with 3 and 1
         result = check_onnx(path, model, batch)
         assert result.ok and result.batch_size == len(batch), result.summary()
@@ -159,7 +157,7 @@ def test_check_finds_a_model_that_scores_differently(model_file: Path, onnx_file
 
 
 def test_export_errors(
-    model_file: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    model_file: Path, generated: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     missing = tmp_path / "missing.pt"
     with pytest.raises(CheckpointError, match="model file not found"):
@@ -169,7 +167,7 @@ def test_export_errors(
     with pytest.raises(CheckpointError, match="cannot read this model file"):
         export_onnx(bad, tmp_path / "x.onnx")
     with pytest.raises(NotFittedError):
-        export_onnx(FOD(**OPTIONS), tmp_path / "x.onnx")
+        export_onnx(FOD(**TINY), tmp_path / "x.onnx")
     with pytest.raises(TypeError, match="model file"):
         export_onnx(42, tmp_path / "x.onnx")
     with pytest.raises(ExportError, match="batch size"):
@@ -182,7 +180,7 @@ def test_export_errors(
         run_onnx(not_onnx, torch.zeros(1, 3, S, S))
     assert not (tmp_path / "x.onnx").exists()
 
-    image = data / "test" / "good" / "000.png"
+    image = generated / "test" / "good" / "000.png"
     for model, why in [
         (missing, "model file not found"),
         (bad, "cannot read this model file"),

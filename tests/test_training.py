@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from PIL import Image
 
 from fod.backbone import create_backbone
@@ -20,21 +21,6 @@ from fod.model import Variant
 from fod.training import FeatureCache, extract_features, feature_key, read_state, train
 from fod.training import features as features_module
 from fod.training import trainer as trainer_module
-
-TINY = dict(
-    backbone="efficientnet_lite0",
-    image_size=64,
-    d_model=(32, 32),
-    heads=2,
-    num_layers=1,
-    epochs=2,
-    batch_size=2,
-    seed=11,
-)
-
-
-def tiny(**changes) -> FODConfig:
-    return FODConfig(**{**TINY, **changes})
 
 
 def random_features(n: int = 5, seed: int = 0) -> list[torch.Tensor]:
@@ -69,7 +55,9 @@ def test_config_defaults_follow_the_paper() -> None:
 
 
 def test_config_round_trip_is_json() -> None:
-    c = tiny(layers=[3, 2], variant=Variant(reference="coreset", coreset_size=2), weights=None)
+    c = tiny_config(
+        layers=[3, 2], variant=Variant(reference="coreset", coreset_size=2), weights=None
+    )
     data = json.loads(json.dumps(c.to_dict()))
     assert FODConfig.from_dict(data) == c
     assert c.layers == (2, 3)
@@ -101,25 +89,25 @@ def test_config_round_trip_is_json() -> None:
 )
 def test_config_validation_messages(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        tiny(**changes)
+        tiny_config(**changes)
 
 
 def test_config_unknown_key_and_levels() -> None:
     with pytest.raises(ConfigError, match="did you mean 'epochs'"):
         FODConfig.from_dict({"epoch": 3})
     with pytest.raises(ValueError, match="3 feature levels"):
-        tiny().check_levels(3)
-    tiny().check_levels(2)
+        tiny_config().check_levels(3)
+    tiny_config().check_levels(2)
 
 
 def test_make_config_with_variant_switches() -> None:
-    c = make_config(tiny(), intra=False, epochs=4)
+    c = make_config(tiny_config(), intra=False, epochs=4)
     assert c.variant == Variant(intra=False) and c.epochs == 4
     with pytest.raises(ConfigError, match="needs a correlation branch"):
         make_config(None, intra=False, inter=False)
     with pytest.raises(ConfigError, match="unknown option"):
         make_config(None, layer=3)
-    diff = tiny().differences(tiny(image_size=128))
+    diff = tiny_config().differences(tiny_config(image_size=128))
     assert diff == {"image_size": (64, 128)}
 
 
@@ -128,16 +116,16 @@ def test_make_config_with_variant_switches() -> None:
 
 def test_same_seed_same_weights_and_history() -> None:
     feats = random_features()
-    a = train(tiny(), feats, progress=False)
-    b = train(tiny(), feats, progress=False)
+    a = train(tiny_config(), feats, progress=False)
+    b = train(tiny_config(), feats, progress=False)
     assert_same_weights(a, b)
     assert strip_seconds(a.history) == strip_seconds(b.history)
-    c = train(tiny(seed=12), feats, progress=False)
+    c = train(tiny_config(seed=12), feats, progress=False)
     assert not torch.equal(weights(a)[0]["embed.weight"], weights(c)[0]["embed.weight"])
 
 
 def test_history_content() -> None:
-    result = train(tiny(epochs=3), random_features(), progress=False)
+    result = train(tiny_config(epochs=3), random_features(), progress=False)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     for h in result.history:
         for key in ("loss1", "loss2", "rec", "div_intra", "ent_intra", "div_inter", "seconds"):
@@ -149,26 +137,26 @@ def test_history_content() -> None:
 
 def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     feats = random_features(n=5)
-    full = train(tiny(epochs=2), feats, progress=False)
+    full = train(tiny_config(epochs=2), feats, progress=False)
     state = tmp_path / "run.state.pt"
-    first = train(tiny(epochs=1), feats, state_path=state, progress=False)
+    first = train(tiny_config(epochs=1), feats, state_path=state, progress=False)
     assert read_state(state)["epoch"] == 1
-    resumed = train(tiny(epochs=2), feats, state_path=state, resume=True, progress=False)
+    resumed = train(tiny_config(epochs=2), feats, state_path=state, resume=True, progress=False)
     assert_same_weights(full, resumed)
     assert strip_seconds(resumed.history) == strip_seconds(full.history)
     assert strip_seconds(first.history) == strip_seconds(full.history[:1])
     assert read_state(state)["epoch"] == 2
-    again = train(tiny(epochs=2), feats, state_path=state, resume=True, progress=False)
+    again = train(tiny_config(epochs=2), feats, state_path=state, resume=True, progress=False)
     assert_same_weights(full, again)  # nothing left to do: the state's models come back
     with pytest.raises(CheckpointError, match="2 finished epochs, more than the 1"):
-        train(tiny(epochs=1), feats, state_path=state, resume=True, progress=False)
+        train(tiny_config(epochs=1), feats, state_path=state, resume=True, progress=False)
 
 
 def test_interrupted_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A Ctrl-C in the middle of epoch 2 leaves the state of epoch 1; resuming finishes the run
     with exactly the weights of an uninterrupted one."""
     feats = random_features(n=6)
-    config = tiny(epochs=3)
+    config = tiny_config(epochs=3, batch_size=2)
     full = train(config, feats, progress=False)
     state = tmp_path / "s.pt"
     real = trainer_module.fod_objective
@@ -191,29 +179,29 @@ def test_interrupted_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_state_is_weights_only_and_plain(tmp_path: Path) -> None:
     state = tmp_path / "s.pt"
-    train(tiny(epochs=1), random_features(), state_path=state, progress=False)
+    train(tiny_config(epochs=1), random_features(), state_path=state, progress=False)
     data = torch.load(state, map_location="cpu", weights_only=True)
     assert data["format"] == "fod-train-state" and data["epoch"] == 1
-    assert FODConfig.from_dict(data["config"]) == tiny(epochs=1)
+    assert FODConfig.from_dict(data["config"]) == tiny_config(epochs=1)
     assert load_tensors(state)["num_images"] == 5
 
 
 def test_resume_refuses_other_config_or_data(tmp_path: Path) -> None:
     state = tmp_path / "s.pt"
     feats = random_features()
-    train(tiny(epochs=1), feats, state_path=state, progress=False)
+    train(tiny_config(epochs=1), feats, state_path=state, progress=False)
     with pytest.raises(CheckpointError) as err:
-        train(tiny(d_model=(64, 32)), feats, state_path=state, resume=True, progress=False)
+        train(tiny_config(d_model=(64, 32)), feats, state_path=state, resume=True, progress=False)
     assert str(state) in str(err.value) and "d_model" in str(err.value)
     with pytest.raises(CheckpointError, match="lr"):
-        train(tiny(lr=1e-3), feats, state_path=state, resume=True, progress=False)
+        train(tiny_config(lr=5e-4), feats, state_path=state, resume=True, progress=False)
     with pytest.raises(CheckpointError, match="training images"):
-        train(tiny(), random_features(seed=5), state_path=state, resume=True, progress=False)
+        train(tiny_config(), random_features(seed=5), state_path=state, resume=True, progress=False)
     with pytest.raises(CheckpointError, match="not found"):
-        train(tiny(), feats, state_path=tmp_path / "none.pt", resume=True, progress=False)
+        train(tiny_config(), feats, state_path=tmp_path / "none.pt", resume=True, progress=False)
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="cannot read"):
-        train(tiny(), feats, state_path=tmp_path / "bad.pt", resume=True, progress=False)
+        train(tiny_config(), feats, state_path=tmp_path / "bad.pt", resume=True, progress=False)
 
 
 def test_variants_train() -> None:
@@ -225,15 +213,17 @@ def test_variants_train() -> None:
         Variant(reference="coreset", coreset_size=2),
         Variant(entropy=False, output_projection=True),
     ):
-        result = train(tiny(epochs=1, variant=variant), feats, progress=False)
+        result = train(tiny_config(epochs=1, variant=variant), feats, progress=False)
         assert len(result.models) == 2 and result.models[0].variant == variant
     with pytest.raises(DataError, match="coreset"):
-        train(tiny(variant=Variant(reference="coreset", coreset_size=9)), feats, progress=False)
+        train(
+            tiny_config(variant=Variant(reference="coreset", coreset_size=9)), feats, progress=False
+        )
 
 
 def test_train_checks_levels() -> None:
     with pytest.raises(ValueError, match="levels"):
-        train(tiny(d_model=(32,)), random_features(), progress=False)
+        train(tiny_config(d_model=(32,)), random_features(), progress=False)
 
 
 # ------------------------------------------------------------------------------- features

@@ -1,0 +1,60 @@
+"""What many test files share: one tiny configuration and one generated data set.
+
+``TINY`` is the smallest configuration that still runs the whole method (EfficientNet-Lite0 at
+64 px, two levels of d = 32, two heads, one layer), so a training run takes seconds on a CPU.
+The ``generated`` fixture is a circuit-board category from :mod:`fod.data.synthetic` (local and
+logical defects with exact masks), written once per session; tests that change files copy it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fod.config import FODConfig
+from fod.data.synthetic import CATEGORIES, generate
+
+TINY: dict[str, Any] = {
+    "backbone": "efficientnet_lite0",
+    "image_size": 64,
+    "d_model": (32, 32),
+    "heads": 2,
+    "num_layers": 1,
+    "epochs": 8,
+    "batch_size": 4,
+    "lr": 1e-3,
+}
+
+#: The generated category: its name and the image counts of each split.
+GENERATED = {"category": "board", "n_train": 16, "n_test_good": 6, "n_test_per_defect": 3}
+GENERATED_DEFECTS: tuple[str, ...] = CATEGORIES[GENERATED["category"]].defects
+
+
+def tiny_config(**changes: Any) -> FODConfig:
+    """:data:`TINY` with ``changes``."""
+    return FODConfig(**{**TINY, **changes})
+
+
+def tiny_args(**changes: Any) -> list[str]:
+    """:data:`TINY` with ``changes`` as ``fod train`` options (progress bars off)."""
+    args: list[str] = []
+    for key, value in {**TINY, **changes}.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        args += [f"--{key.replace('_', '-')}", *map(str, values)]
+    return [*args, "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The generated category folder (MVTec AD layout), shared by the session: read only."""
+    sizes = {k: v for k, v in GENERATED.items() if k != "category"}
+    root = generate(
+        tmp_path_factory.mktemp("generated"),
+        (GENERATED["category"],),
+        image_size=TINY["image_size"],
+        seed=1,
+        **sizes,
+    )
+    return root / GENERATED["category"]
