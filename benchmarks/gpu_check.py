@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from fod.api import resolve_device
+    from fod.devices import resolve_device
     from fod.io import write_json
 
     start = time.perf_counter()

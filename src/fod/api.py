@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fod.config import ConfigError, FODConfig, make_config
+from fod.config import FODConfig, make_config
 from fod.data import IMAGE_EXTENSIONS, Category, Sample, load_batch, load_category
 from fod.data.images import load_image, resize_image
+from fod.devices import resolve_device
 from fod.errors import DataError, FODError
 from fod.model import FODTransformer
 
@@ -55,25 +56,6 @@ class Prediction:
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "score": self.score, "anomalous": self.anomalous}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """ "auto" -> CUDA when available, else CPU; a requested CUDA device must exist."""
-    if isinstance(device, torch.device):
-        return device
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device {device!r} requested but CUDA is not available here; use --device cpu "
-            "(or auto)"
-        )
-    return dev
 
 
 def image_files(inputs: str | Path | Sequence[str | Path]) -> list[Path]:

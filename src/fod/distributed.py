@@ -86,11 +86,11 @@ def setup(device: str | torch.device = "auto") -> tuple[Context, torch.device]:
     """Join the process group when launched by torchrun; return the context and this rank's
     device.
 
-    ``device`` as for :func:`fod.api.resolve_device`. Under torchrun with CUDA, each local
+    ``device`` as for :func:`fod.devices.resolve_device`. Under torchrun with CUDA, each local
     rank takes ``cuda:LOCAL_RANK`` and the backend is NCCL; on CPU it is gloo.
     """
-    from fod.api import resolve_device
     from fod.config import ConfigError
+    from fod.devices import resolve_device
 
     resolved = resolve_device(device)
     if not launched():

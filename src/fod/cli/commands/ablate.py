@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fod.api import resolve_device
+    from fod.devices import resolve_device
     from fod.experiments.ablation import run_ablation
 
     config = common.config_from_args(args)

@@ -44,8 +44,8 @@ def _step_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_step(args: argparse.Namespace) -> dict[str, Any]:
-    from fod.api import resolve_device
     from fod.bench import step
+    from fod.devices import resolve_device
 
     levels = step.TINY_LEVELS if args.tiny else step.AUTHORS_LEVELS
     heads, layers = (4, 1) if args.tiny else (8, 3)
