@@ -19,7 +19,7 @@ training parts; red: above 99 % of their pixels), so heat maps are comparable ac
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fod.config import FODConfig, make_config
+from fod.config import ConfigError, FODConfig, make_config
 from fod.data import IMAGE_EXTENSIONS, Category, Sample, load_batch, load_category
 from fod.data.images import load_image, resize_image
 from fod.devices import resolve_device
-from fod.errors import DataError, FODError
+from fod.errors import DataError, FODError, TrainingError
 from fod.model import FODTransformer
 
 #: Percentiles of the training pixel scores that fix the heat-map colour range.
@@ -65,13 +65,13 @@ def image_files(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     found: list[Path] = []
     for item in inputs:
         path = Path(item).expanduser()
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():  # a broken link: reading says so
             raise DataError(f"{path}: no such file or folder. Check the path.")
         if path.is_dir():
             images = sorted(
                 p
                 for p in path.rglob("*")
-                if p.is_file()
+                if (p.is_file() or (p.is_symlink() and not p.exists()))  # broken links: reported
                 and p.suffix.lower() in IMAGE_EXTENSIONS
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
@@ -102,8 +102,19 @@ def _training_samples(data: Any, layout: str | None) -> tuple[str, list[Sample]]
     return category.name, list(category.train)
 
 
-def _test_category(data: Any, layout: str | None) -> Category:
-    return data if isinstance(data, Category) else load_category(data, layout)
+def _test_category(data: Any, layout: str | None, require_masks: bool = True) -> Category:
+    if isinstance(data, Category):
+        return data
+    return load_category(data, layout, require_masks=require_masks)
+
+
+def _threshold(value: Any) -> float:
+    """A decision threshold: any finite number (NaN would call every image normal)."""
+    from fod.training.finite import is_finite_number
+
+    if not is_finite_number(value):
+        raise ConfigError(f"threshold must be a finite number, got {value!r}")
+    return float(value)
 
 
 class FOD:
@@ -138,7 +149,7 @@ class FOD:
         self.device = resolve_device(device)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.progress = progress
-        self.threshold: float | None = None if threshold is None else float(threshold)
+        self.threshold: float | None = None if threshold is None else _threshold(threshold)
         self._user_threshold = threshold is not None
         self.stats: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
@@ -223,9 +234,20 @@ class FOD:
         files and folders. ``state_path`` saves a training state after every epoch;
         ``resume=True`` continues from it.
         """
+        from fod import distributed
+        from fod.io import check_not_input, check_writable
         from fod.training import train
 
         _, samples = _training_samples(data, layout)
+
+        def check_outputs() -> None:  # before the backbone runs: a refusal costs nothing
+            if self.cache_dir is not None:
+                check_writable(self.cache_dir, folder=True)
+            if state_path is not None:
+                check_writable(state_path)
+                check_not_input(state_path, [s.image for s in samples], "a training image")
+
+        distributed.on_main(check_outputs)  # rank 0 writes them
         t0 = time.perf_counter()
         features = self.features(samples)
         seconds_features = time.perf_counter() - t0
@@ -257,6 +279,11 @@ class FOD:
         maps, scores = distributed.all_gather_rows(maps), distributed.all_gather_rows(scores)
         s = scores.double().numpy()
         m = maps.numpy()
+        if not (np.isfinite(s).all() and np.isfinite(m).all()):
+            raise TrainingError(
+                "the trained model scores the training images NaN or infinite, so no threshold "
+                "can be set. Train again with a lower learning rate."
+            )
         step = 1
         while m[:, ::step, ::step].size > _MAX_PIXELS:
             step += 1
@@ -290,12 +317,17 @@ class FOD:
         *,
         threshold: float | None = None,
         batch_size: int = 8,
+        on_error: Callable[[Path, DataError], None] | None = None,
     ) -> list[Prediction]:
         """Score image files and folders (searched recursively): one :class:`Prediction` each.
 
-        ``anomalous`` is ``score > threshold`` (the given one, else the model's).
+        ``anomalous`` is ``score > threshold`` (the given one, else the model's). An image that
+        cannot be read raises :class:`~fod.errors.DataError`; with ``on_error``, it is passed
+        to ``on_error(path, error)`` instead and left out, and the others are still scored.
         """
-        return list(self.iter_predict(inputs, threshold=threshold, batch_size=batch_size))
+        return list(
+            self.iter_predict(inputs, threshold=threshold, batch_size=batch_size, on_error=on_error)
+        )
 
     def iter_predict(
         self,
@@ -303,15 +335,29 @@ class FOD:
         *,
         threshold: float | None = None,
         batch_size: int = 8,
+        on_error: Callable[[Path, DataError], None] | None = None,
     ) -> Iterator[Prediction]:
         """Like :meth:`predict`, one batch at a time, so heat maps of a large folder need not
         all fit in memory."""
         self._require_fitted()
-        limit = self.threshold if threshold is None else float(threshold)
+        limit = self.threshold if threshold is None else _threshold(threshold)
         paths = image_files(inputs)
         for first in range(0, len(paths), max(1, batch_size)):
             chunk = paths[first : first + batch_size]
-            maps, scores = self.score(load_batch(chunk, self.config.image_size))
+            images, kept = [], []
+            for path in chunk:
+                try:
+                    images.append(load_batch([path], self.config.image_size)[0])
+                except DataError as exc:
+                    if on_error is None:
+                        raise
+                    on_error(path, exc)
+                    continue
+                kept.append(path)
+            if not kept:
+                continue
+            chunk = kept
+            maps, scores = self.score(torch.stack(images))
             for path, hm, sc in zip(chunk, maps.numpy(), scores.tolist(), strict=True):
                 yield Prediction(path, float(sc), bool(sc > limit), hm.astype(np.float32))
 
@@ -351,19 +397,24 @@ class FOD:
         report_dir: str | Path | None = None,
         examples: int = 3,
         batch_size: int = 8,
+        require_masks: bool = True,
     ) -> dict[str, Any]:
         """Metrics on a labelled category (:func:`fod.metrics.evaluate`) and per-image scores.
 
         Returns the evaluate dict plus ``category``, ``threshold``, ``seconds`` and
         ``images`` (path, label, defect type, score per image). With ``report_dir``, writes
         heat-map panels of the first ``examples`` good images and of each defect type, a
-        ``scores.csv`` and the training-loss plot.
+        ``scores.csv`` and the training-loss plot. ``require_masks=False`` accepts anomalous
+        images without a mask (pixel metrics are then left out).
         """
+        from fod.io import check_writable
         from fod.metrics import evaluate
         from fod.scoring import score_samples
 
         self._require_fitted()
-        category = _test_category(data, layout)
+        if report_dir is not None:
+            check_writable(report_dir, folder=True)
+        category = _test_category(data, layout, require_masks)
         t0 = time.perf_counter()
         scored = score_samples(self.detector, category.test, batch_size, self.device, self.progress)
         seconds = time.perf_counter() - t0
@@ -418,11 +469,13 @@ class FOD:
 
     # ------------------------------------------------------------------ files
 
-    def save(self, path: str | Path) -> Path:
-        """Write the model file (see :mod:`fod.training.checkpoint`)."""
-        from fod.training import save_model_file
+    def save(self, path: str | Path, *, force: bool = False) -> Path:
+        """Write the model file (see :mod:`fod.training.checkpoint`). An existing file that is
+        not a fod model is refused unless ``force``."""
+        from fod.training import check_model_target, save_model_file
 
         self._require_fitted()
+        check_model_target(path, force=force)
         assert self.levels is not None and self.threshold is not None
         return save_model_file(
             path,
@@ -455,7 +508,7 @@ class FOD:
         model.stats = meta["stats"]
         model.history = meta["history"]
         if threshold is None:
-            model.threshold = meta["threshold"]
+            model.threshold = _threshold(meta["threshold"])
         return model
 
 

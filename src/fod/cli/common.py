@@ -16,6 +16,8 @@ from fod.model.variant import REFERENCES, SCORES
 
 #: Exit codes: a refused input or setting (FODError, usage error), and Ctrl-C (128 + SIGINT).
 EXIT_ERROR = 2
+#: ``fod predict``: every readable image was scored, some could not be read (listed).
+EXIT_PARTIAL = 3
 EXIT_INTERRUPTED = 130
 
 #: Command-line dest -> FODConfig / Variant key, for the training options.
@@ -64,6 +66,35 @@ def add_layout_option(parser: argparse.ArgumentParser) -> None:
         choices=LAYOUTS,
         default=None,
         help="data set folder layout (default: detected from the folders)",
+    )
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan`` and ``inf`` are refused as a usage error)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def add_force_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help=f"replace an existing output file even if it is not {what}",
+    )
+
+
+def add_masks_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-missing-masks",
+        action="store_true",
+        help="accept anomalous test images without a mask (pixel metrics are then left out)",
     )
 
 
@@ -130,9 +161,9 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("training")
     g.add_argument("--epochs", type=int, help=f"default: {d.epochs}")
     g.add_argument("--batch-size", type=int, help=f"default: {d.batch_size}")
-    g.add_argument("--lr", type=float, help=f"Adam learning rate (default: {d.lr:g})")
-    g.add_argument("--lambda1", type=float, help=f"Div weight (default: {d.lambda1:g})")
-    g.add_argument("--lambda2", type=float, help=f"entropy weight (default: {d.lambda2:g})")
+    g.add_argument("--lr", type=finite_float, help=f"Adam learning rate (default: {d.lr:g})")
+    g.add_argument("--lambda1", type=finite_float, help=f"Div weight (default: {d.lambda1:g})")
+    g.add_argument("--lambda2", type=finite_float, help=f"entropy weight (default: {d.lambda2:g})")
     g.add_argument("--seed", type=int, help=f"default: {d.seed}")
     g.add_argument(
         "--cache",

@@ -6,9 +6,11 @@ To add a subcommand, write ``fod/cli/commands/<name>.py`` with
     def run(args) -> int                                    # the exit code
 
 and append its module name to :data:`COMMANDS`. Every :class:`~fod.errors.FODError` (bad
-data, missing weights, a model file for another configuration, ...) is printed as
-``error: <message>`` on stderr with exit code 2, without a traceback; anything else is a bug
-and keeps its traceback.
+data, missing weights, a model file for another configuration, an output that cannot be
+written, ...) is printed as ``error: <message>`` on stderr with exit code 2, without a
+traceback, in the command line's words (flags, not Python arguments); every
+:class:`~fod.errors.FODWarning` as one ``warning: <message>`` line. Anything else is a bug and
+keeps its traceback (exit code 1).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from fod._version import __version__
 from fod.cli.common import EXIT_ERROR, EXIT_INTERRUPTED
@@ -55,6 +59,26 @@ def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentPars
     return parser
 
 
+@contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """fod's own warnings as ``warning: <message>``, without Python's source line."""
+    from fod.errors import FODWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if issubclass(category, FODWarning):
+            print(f"warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fod`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     from fod.errors import FODError
@@ -65,9 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     try:
-        return int(args._run(args) or 0)
+        with _one_line_warnings():
+            return int(args._run(args) or 0)
     except FODError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.cli_message()}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

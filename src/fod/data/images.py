@@ -18,6 +18,7 @@ Conventions:
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fod.errors import DataError
+from fod.errors import DataError, option
 
 __all__ = ["as_size", "load_image", "load_mask", "resize_image", "resize_mask"]
 
@@ -97,6 +98,11 @@ def _open(path: str | Path, what: str) -> Iterator[tuple[Path, Image.Image, _Dep
     pixel data must fail at this point, with the file's name, not later inside a resize.
     """
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise DataError(
+            f"{path}: the {what} file is a broken symbolic link (to {os.readlink(path)}). "
+            "Restore its target, or remove the link."
+        )
     if not path.exists():
         raise DataError(
             f"{path}: {what} file not found. Check the path (relative paths start at "
@@ -327,7 +333,8 @@ def load_mask(
         raise DataError(
             f"{p}: the mask is {_size_text(*mask.shape)} pixels (width x height) but the image"
             f"{of_image} is {_size_text(h, w)}. A mask must have its image's size: re-export the "
-            f"mask at {_size_text(h, w)}, or pass resize=True to resize it with nearest neighbour."
+            f"mask at {_size_text(h, w)}"
+            f"{option(', or pass resize=True to resize it with nearest neighbour', '')}."
         )
     return mask
 

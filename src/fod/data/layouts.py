@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fod.errors import DataError
+from fod.errors import DataError, option
 
 __all__ = [
     "GOOD_TYPES",
@@ -151,9 +151,16 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _files(folder: Path) -> list[Path]:
+    """Visible files, broken symbolic links included: reading one then names it, instead of
+    the image silently missing from the data set."""
     return sorted(
-        (p for p in folder.iterdir() if _visible(p) and p.is_file()), key=lambda p: p.name
+        (p for p in folder.iterdir() if _visible(p) and (p.is_file() or _broken_link(p))),
+        key=lambda p: p.name,
     )
+
+
+def _broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
 
 
 def _is_image_name(path: Path) -> bool:
@@ -443,7 +450,8 @@ def _test_images(root: Path, layout: str, require_test: bool, require_masks: boo
             return []
         raise DataError(
             f"{root}: no test/ folder; found {_describe(root)}. Add test/<type>/ folders with "
-            "the test images, or pass require_test=False to load the training images only."
+            "the test images"
+            f"{option(', or pass require_test=False to load the training images only', '')}."
         )
     loose = [p for p in _files(test) if _is_image_name(p)]
     if loose:
@@ -520,7 +528,8 @@ def _missing_masks_error(
     return DataError(
         f"{image}: anomalous test image without a mask; expected {where}{more}.{hint} Add the "
         "mask (same size as the image, defects non-zero), move the image out of test/, or pass "
-        "require_masks=False to accept anomalous images without masks."
+        f"{option('require_masks=False', '--allow-missing-masks')} to accept anomalous images "
+        "without masks."
     )
 
 

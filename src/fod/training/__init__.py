@@ -4,6 +4,7 @@ model files."""
 from fod.training.checkpoint import (
     MODEL_FORMAT,
     MODEL_VERSION,
+    check_model_target,
     load_model_file,
     read_model_file,
     save_model_file,
@@ -17,6 +18,7 @@ __all__ = [
     "FeatureCache",
     "TrainResult",
     "build_models",
+    "check_model_target",
     "extract_features",
     "feature_key",
     "load_model_file",

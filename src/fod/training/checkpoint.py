@@ -14,8 +14,6 @@ the file and what to do about it.
 
 from __future__ import annotations
 
-import math
-import re
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -29,9 +27,10 @@ from torch import Tensor
 from fod._version import __version__
 from fod.backbone import FeatureExtractor, create_backbone
 from fod.config import SIGNATURE_KEYS, FODConfig, comparable
-from fod.errors import CheckpointError
-from fod.io import load_tensors, save_tensors, stamp_problem
+from fod.errors import CheckpointError, FODWarning, OutputError, TrainingError, option
+from fod.io import UnsafeFileError, load_tensors, save_tensors, stamp_problem
 from fod.model import FODTransformer, LevelSpec
+from fod.training.finite import is_finite_number, nonfinite
 from fod.training.trainer import STATE_FORMAT
 
 MODEL_FORMAT = "fod-model"
@@ -74,6 +73,16 @@ def save_model_file(
 ) -> Path:
     """Write a model file atomically; ``stats`` are the normal-score statistics (see
     :class:`fod.api.FOD`)."""
+    path = Path(path)
+    bad = nonfinite(
+        (f"level {i} {k}", v) for i, m in enumerate(levels) for k, v in m.state_dict().items()
+    )
+    if bad or not is_finite_number(threshold):
+        what = f"non-finite weights ({', '.join(bad[:3])})" if bad else f"threshold {threshold}"
+        raise TrainingError(
+            f"{path}: not written: the model has {what}, so it would score every image NaN. "
+            "Train again with a lower learning rate."
+        )
     describe = backbone.describe() if isinstance(backbone, FeatureExtractor) else dict(backbone)
     payload = {
         "format": MODEL_FORMAT,
@@ -103,15 +112,13 @@ _IMAGE_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
 
 
 def _why(path: Path, exc: Exception) -> str:
-    """Why ``torch.load(weights_only=True)`` failed, in words, with the fix."""
-    text = str(exc)
-    if "Unsupported global" in text:
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        name = f" ({found.group(1)})" if found else ""
+    """Why ``torch.load(weights_only=True)`` failed, in words, with the fix (never torch's own
+    text, whose advice to load with ``weights_only=False`` must not reach a user)."""
+    if isinstance(exc, UnsafeFileError):
         return (
-            f"it holds pickled Python objects{name}, which fod "
-            "never loads because they could run code. Use a file written by `fod train` or "
-            "FOD.save()."
+            f"it contains code or objects that fod does not load (pickled Python objects: "
+            f"{', '.join(exc.names[:3])}); loading them could run code. Use a file written by "
+            "`fod train` or FOD.save()."
         )
     try:
         with path.open("rb") as fh:
@@ -171,6 +178,22 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def check_model_target(path: str | Path, *, force: bool = False) -> Path:
+    """Refuse to write a model over an existing file that is not a fod model (an image, a
+    training state, anyone's data) unless ``force``."""
+    path = Path(path).expanduser()
+    if force or not path.is_file():
+        return path
+    try:
+        read_model_file(path)
+    except CheckpointError:
+        raise OutputError(
+            f"{path}: exists and is not a fod model file; writing the model would replace it. "
+            f"Choose another path, or pass {option('force=True', '--force')} to replace it."
+        ) from None
+    return path
+
+
 def _check_requested(path: Path, config: FODConfig, requested: Any) -> None:
     if requested is None:
         return
@@ -185,9 +208,11 @@ def _check_requested(path: Path, config: FODConfig, requested: Any) -> None:
             for key, (stored, asked) in diff.items()
         )
         names = ", ".join(diff)
+        flags = ", ".join("--" + key.replace("_", "-") for key in diff)
         raise CheckpointError(
             f"{path}: the model was made with another configuration ({detail}). Leave out "
-            f"{names} (the model file sets these), or train a model with these settings."
+            f"{option(names, flags)} (the model file sets these), or train a model with these "
+            "settings."
         )
 
 
@@ -207,6 +232,7 @@ def _check_backbone(path: Path, stored: Mapping[str, Any], backbone: FeatureExtr
         warnings.warn(
             f"{path}: backbone weights were {stored.get('weights')!r} at training, now "
             f"{now.get('weights')!r}; scores may differ slightly",
+            FODWarning,
             stacklevel=3,
         )
 
@@ -243,6 +269,12 @@ def _build_levels(
                 f"{path}: the weights do not match the stored config: {exc}. The file is "
                 "corrupt or was edited; retrain with `fod train`."
             ) from exc
+        bad = nonfinite(model.state_dict().items())
+        if bad:
+            raise CheckpointError(
+                f"{path}: level {i} holds non-finite weights ({', '.join(bad[:3])}): the "
+                "model would score every image NaN. Retrain with a lower learning rate."
+            )
         levels.append(model.eval())
     return levels
 
@@ -280,9 +312,14 @@ def load_model_file(
         backbone.to(device)
     levels = [m.to(device) for m in _build_levels(path, config, data["levels"], grid)]
     threshold = data.get("threshold")
+    if not is_finite_number(threshold):
+        raise CheckpointError(
+            f"{path}: the model's decision threshold is {threshold!r}, not a finite number; "
+            "the file is damaged or the training diverged. Retrain with a lower learning rate."
+        )
     meta = {
         "path": str(path),
-        "threshold": float(threshold) if threshold is not None else math.nan,
+        "threshold": float(threshold),
         "stats": dict(data.get("stats") or {}),
         "history": list(data.get("history") or []),
         "backbone": dict(data["backbone"]),
@@ -292,4 +329,11 @@ def load_model_file(
     return config, backbone, levels, meta
 
 
-__all__ = ["MODEL_FORMAT", "MODEL_VERSION", "load_model_file", "read_model_file", "save_model_file"]
+__all__ = [
+    "MODEL_FORMAT",
+    "MODEL_VERSION",
+    "check_model_target",
+    "load_model_file",
+    "read_model_file",
+    "save_model_file",
+]

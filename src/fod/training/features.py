@@ -25,8 +25,8 @@ from fod import distributed
 from fod.backbone import FeatureExtractor
 from fod.config import INFERENCE_BATCH_SIZE
 from fod.data import ImageDataset, Sample
-from fod.errors import DataError
-from fod.io import load_tensors, save_tensors, stamp_problem
+from fod.errors import DataError, FODWarning
+from fod.io import UnsafeFileError, load_tensors, save_tensors, stamp_problem
 
 CACHE_FORMAT = "fod-features"
 CACHE_VERSION = 1
@@ -116,11 +116,19 @@ class FeatureCache:
                 and isinstance(data.get("levels"), list)
                 and all(isinstance(t, Tensor) for t in data["levels"])
             )
+            why = "not a fod feature file"
+        except UnsafeFileError:
+            ok, why = False, "it contains code or objects that fod does not load"
         except Exception as exc:  # a truncated or foreign file: recompute, never fail
-            warnings.warn(f"ignoring unreadable feature cache {path}: {exc}", stacklevel=2)
-            return None
-        if not ok or (count is not None and any(t.shape[0] != count for t in data["levels"])):
-            warnings.warn(f"ignoring feature cache {path}: not a fod feature file", stacklevel=2)
+            ok, why = False, f"unreadable, damaged or truncated ({type(exc).__name__})"
+        if ok and count is not None and any(t.shape[0] != count for t in data["levels"]):
+            ok, why = False, "made for another number of images"
+        if not ok:
+            warnings.warn(
+                f"ignoring the feature cache entry {path} ({why}); computing the features again",
+                FODWarning,
+                stacklevel=2,
+            )
             return None
         return list(data["levels"])
 

@@ -31,10 +31,11 @@ from tqdm.auto import tqdm
 
 from fod import distributed
 from fod.config import SIGNATURE_KEYS, TRAINING_KEYS, FODConfig
-from fod.errors import CheckpointError, DataError
-from fod.io import load_tensors, save_tensors, stamp_problem
+from fod.errors import CheckpointError, DataError, TrainingError, option
+from fod.io import UnsafeFileError, load_tensors, save_tensors, stamp_problem
 from fod.model import FODTransformer, LevelSpec, coreset_reference, fod_objective, mean_reference
 from fod.precision import autocast, check_precision, grad_scaler
+from fod.training.finite import lower_lr_hint, nonfinite
 
 STATE_FORMAT = "fod-train-state"
 STATE_VERSION = 1
@@ -83,7 +84,8 @@ def reference_for(config: FODConfig, features: Tensor) -> Tensor:
         if variant.coreset_size > features.shape[0]:
             raise DataError(
                 f"a coreset of {variant.coreset_size} maps needs at least that many training "
-                f"images, found {features.shape[0]}; lower coreset_size or add images"
+                f"images, found {features.shape[0]}; lower "
+                f"{option('coreset_size', '--coreset-size')} or add images"
             )
         return coreset_reference(features, variant.coreset_size)
     return mean_reference(features)
@@ -135,14 +137,21 @@ def read_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
-            f"{path}: training state not found; nothing to resume. Start without --resume."
+            f"{path}: training state not found; nothing to resume. Start without "
+            f"{option('resume=True', '--resume')}."
         )
     try:
         state = load_tensors(path)
+    except UnsafeFileError as exc:
+        raise CheckpointError(
+            f"{path}: this training state contains code or objects that fod does not load "
+            f"(pickled Python objects: {', '.join(exc.names[:3])}). Delete it to train from "
+            "scratch."
+        ) from None
     except Exception as exc:
         raise CheckpointError(
-            f"{path}: cannot read this training state (truncated or not written by fod): "
-            f"{exc}. Delete it to train from scratch."
+            f"{path}: cannot read this training state (truncated or not written by fod; "
+            f"{type(exc).__name__}). Delete it to train from scratch."
         ) from exc
     problem = stamp_problem(state, STATE_FORMAT, STATE_VERSION)
     if problem == "format":
@@ -239,6 +248,55 @@ def _data_parallel(models: list[FODTransformer], device: torch.device) -> list[t
     return [DistributedDataParallel(m, device_ids=ids) for m in models]
 
 
+def _diverged(
+    what: str, config: FODConfig, state_path: Path | None, epoch: int, first: int, n: int
+) -> TrainingError:
+    steps = math.ceil(n / config.batch_size)
+    step = first // config.batch_size + 1
+    kept = ""
+    if state_path is not None and state_path.exists():
+        kept = (
+            f" The state of the last finished epoch is in {state_path}; delete it to start over "
+            "with other settings."
+        )
+    return TrainingError(
+        f"training diverged at epoch {epoch + 1}, step {step} of {steps}: {what}. "
+        f"{lower_lr_hint(config.lr)} No model was written.{kept}"
+    )
+
+
+def _check_loss(
+    loss: Tensor,
+    config: FODConfig,
+    state_path: Path | None,
+    epoch: int,
+    first: int,
+    n: int,
+    level: int,
+) -> None:
+    if not bool(torch.isfinite(loss.detach())):
+        what = f"the loss of level {level} became {float(loss):g}"
+        raise _diverged(what, config, state_path, epoch, first, n)
+
+
+def _check_weights(
+    models: Sequence[FODTransformer],
+    config: FODConfig,
+    state_path: Path | None,
+    epoch: int,
+    first: int,
+    n: int,
+) -> None:
+    bad = nonfinite(
+        (f"level {i} {name}", p.detach())
+        for i, m in enumerate(models)
+        for name, p in m.named_parameters()
+    )
+    if bad:
+        what = f"parameters became NaN or infinite ({', '.join(bad[:2])})"
+        raise _diverged(what, config, state_path, epoch, first, n)
+
+
 def train(
     config: FODConfig,
     features: Sequence[Tensor],
@@ -289,7 +347,8 @@ def train(
         if start > config.epochs:
             raise CheckpointError(
                 f"{state_path}: this training state has {start} finished epochs, more than the "
-                f"{config.epochs} asked for. Pass --epochs {start} or more, or delete the state."
+                f"{config.epochs} asked for. Pass {option('epochs', '--epochs')} {start} or "
+                "more, or delete the state."
             )
         history = list(state.get("history", []))
 
@@ -322,6 +381,10 @@ def train(
                         out = model(x)
                     terms = fod_objective(out, config.variant, config.lambda1, config.lambda2)
                     loss = terms.total if weight == 1.0 else terms.total * weight
+                    if scaler is None and not ctx.enabled:  # else: the weights check below
+                        _check_loss(
+                            terms.total, config, state_path, epoch, first, n, len(batch_terms)
+                        )
                     (loss if scaler is None else scaler.scale(loss)).backward()
                     logged = terms.as_dict()
                     means.add(logged, rows)
@@ -331,6 +394,7 @@ def train(
                 else:
                     scaler.step(optimizer)
                     scaler.update()
+                _check_weights(models, config, state_path, epoch, first, n)
                 avg = {k: sum(t[k] for t in batch_terms) / len(batch_terms) for k in batch_terms[0]}
                 overall.add(avg, rows)
                 running = overall.means()

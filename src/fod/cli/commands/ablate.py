@@ -39,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
 
     from fod.devices import resolve_device
     from fod.experiments.ablation import run_ablation
+    from fod.io import check_writable
 
     config = common.config_from_args(args)
+    check_writable(args.out, folder=True)  # before the first row is trained
     run_ablation(
         args.data,
         args.out,

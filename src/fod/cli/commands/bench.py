@@ -121,9 +121,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from fod.io import write_json
+    from fod.io import check_writable, write_json
     from fod.report import to_jsonable
 
+    if getattr(args, "json", None):
+        check_writable(args.json)  # before the measurements
     module = _module(args.bench)
     report = _COMMANDS[args.bench][1](args)
     print(module.format_table(report))

@@ -46,6 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--examples", type=int, default=3, help="panels per defect type in reports (default: 3)"
     )
+    common.add_masks_option(parser)
     common.add_train_options(parser)
     common.add_layout_option(parser)
     common.add_device_option(parser)
@@ -74,13 +75,23 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, device: torch.device) -> int:
     from fod import distributed
     from fod.data import find_categories
-    from fod.io import write_json
+    from fod.io import check_not_input, check_writable, write_json
     from fod.report import results_markdown, summarize, to_jsonable, write_results
 
     ctx = distributed.context()
     config = common.config_from_args(args)
-    categories = find_categories(args.root, args.layout)
+    categories = find_categories(args.root, args.layout, require_masks=not args.allow_missing_masks)
     out = Path(args.out).expanduser()
+
+    def check_outputs() -> None:  # every output location, before the first category is trained
+        check_writable(out, folder=True)
+        if args.json:
+            check_not_input(args.json, [args.root], "an image of the data set")
+            check_writable(args.json)
+        if args.cache:
+            check_writable(args.cache, folder=True)
+
+    distributed.on_main(check_outputs)
     sizes = [len(c.train) + len(c.test) for c in categories]
     mine = distributed.balanced_shares(sizes, ctx.world_size)[ctx.rank]
     if ctx.enabled:

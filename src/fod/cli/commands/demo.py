@@ -31,7 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from fod.demo import DEMO_CONFIG, run_demo
+    from fod.io import check_writable
 
+    check_writable(args.out, folder=True)
     config = DEMO_CONFIG.replace(epochs=args.epochs)
     run_demo(args.out, config, args.seed, args.device, progress=not args.quiet)
     return 0

@@ -5,6 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fod.cli import common
+
+
+def _is_onnx(path: Path) -> bool:
+    """Whether ``path`` holds an ONNX model (which an export may replace)."""
+    try:
+        import onnx
+
+        return bool(onnx.load(str(path), load_external_data=False).graph.node)
+    except Exception:
+        return False
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from fod.export.onnx import DEFAULT_OPSET
@@ -23,6 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--out", metavar="FILE", help="ONNX file to write (default: MODEL with suffix .onnx)"
     )
+    common.add_force_option(parser, "an ONNX file")
     parser.add_argument(
         "--batch-size", type=int, default=1, help="images per call, fixed in the graph (default: 1)"
     )
@@ -45,9 +58,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from fod.api import FOD
+    from fod.errors import OutputError, option
     from fod.export import check_onnx, export_onnx
+    from fod.io import check_not_input, check_writable
 
     out = Path(args.out) if args.out else Path(args.model).with_suffix(".onnx")
+    check_not_input(out, [args.model], "the model file")
+    check_writable(out)
+    if out.is_file() and not args.force and not _is_onnx(out):
+        raise OutputError(
+            f"{out}: exists and is not an ONNX file; the export would replace it. Choose "
+            f"another path, or pass {option('force=True', '--force')} to replace it."
+        )
     model = FOD.load(args.model, device="cpu", progress=False)
     path = export_onnx(
         model, out, batch_size=args.batch_size, opset=args.opset, dynamic_batch=args.dynamic_batch

@@ -34,7 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from fod.data import synthetic
+    from fod.io import check_writable
 
+    check_writable(args.out, folder=True)
     categories = args.categories or list(synthetic.CATEGORIES)
     out = synthetic.generate(
         args.out,

@@ -35,6 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--image-size", type=int, help="expected image size; refused if the model's differs"
     )
+    common.add_masks_option(parser)
     common.add_layout_option(parser)
     common.add_device_option(parser)
     common.add_quiet_option(parser)
@@ -43,9 +44,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from fod.api import FOD
-    from fod.io import write_json
+    from fod.io import check_not_input, check_writable, write_json
     from fod.report import summarize, to_jsonable
 
+    # outputs are checked before the model is loaded and the test set scored
+    if args.json:
+        check_not_input(args.json, [args.model, args.data], "the model or a test image")
+        check_writable(args.json)
+    if args.report:
+        check_not_input(args.report, [args.model])
+        check_writable(args.report, folder=True)
     requested = {"image_size": args.image_size} if args.image_size is not None else {}
     model = FOD.load(args.model, device=args.device, progress=not args.quiet, **requested)
     results = model.test(
@@ -54,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         report_dir=args.report,
         examples=args.examples,
         batch_size=args.batch_size,
+        require_masks=not args.allow_missing_masks,
     )
     counts = results["counts"]
     print(

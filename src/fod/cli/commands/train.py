@@ -36,6 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("data", metavar="DATA", help="category folder or folder of good images")
     parser.add_argument("--out", required=True, metavar="MODEL.pt", help="model file to write")
+    common.add_force_option(parser, "a fod model")
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -63,6 +64,8 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
     from fod import distributed
     from fod.api import FOD
     from fod.errors import CheckpointError
+    from fod.io import check_not_input, check_writable
+    from fod.training import check_model_target
 
     out = Path(args.out).expanduser()
     if out.is_dir():
@@ -76,6 +79,14 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
             f"{state}: a training state from an earlier, unfinished run exists. Pass --resume "
             "to continue it, or delete the file to start over."
         )
+
+    # every output is checked before the backbone runs: a refusal costs nothing
+    def check_outputs() -> None:
+        check_not_input(out, [args.data], "a training image")
+        check_writable(out)
+        check_model_target(out, force=args.force)
+
+    distributed.on_main(check_outputs)  # rank 0 writes the model
     resume = bool(args.resume and state_exists)
     if args.resume and not resume and ctx.is_main:
         common.eprint(f"note: no training state at {state}; training from the start")
@@ -86,14 +97,20 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
     try:
         model.fit(args.data, layout=args.layout, state_path=state, resume=resume)
     except KeyboardInterrupt:
-        common.eprint(
-            f"interrupted: the state after the last finished epoch is in {state}; "
-            "run the same command with --resume to continue"
-        )
+        if state.exists():
+            common.eprint(
+                f"interrupted: the state after the last finished epoch is in {state}; "
+                "run the same command with --resume to continue"
+            )
+        else:
+            common.eprint(
+                "interrupted before the first epoch finished: nothing was saved; "
+                "run the same command to start again"
+            )
         return common.EXIT_INTERRUPTED
     if not ctx.is_main:
         return 0
-    model.save(out)
+    model.save(out, force=args.force)
     state.unlink(missing_ok=True)
     stats = model.stats
     where = f"{model.device} x {ctx.world_size} processes" if ctx.enabled else f"{model.device}"
