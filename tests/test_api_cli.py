@@ -202,7 +202,7 @@ def test_cli_state_needs_resume(
     out = tmp_path / "m.pt"
     args = ["train", str(generated), "--out", str(out), *tiny_args(epochs=1)]
 
-    def crash(self, path):  # an interruption after the last epoch, before the model is saved
+    def crash(self, path, **kwargs):  # an interruption after the last epoch, before the save
         raise KeyboardInterrupt
 
     monkeypatch.setattr(FOD, "save", crash)

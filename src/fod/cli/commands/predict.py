@@ -81,6 +81,13 @@ def _check_outputs(out: Path, args: argparse.Namespace, paths: list[Path]) -> No
     for name in PREDICTION_FILES:
         check_not_input(out / name, [args.model, *paths], "the model or an input image")
     heatmaps = (out / HEATMAPS).resolve()
+    for item in args.inputs:
+        folder = Path(item).expanduser()
+        if folder.is_dir() and heatmaps.is_relative_to(folder.resolve()):
+            raise OutputError(
+                f"{out}: lies inside the input folder {folder}, so the next run would read its "
+                "heat maps as images. Choose an --out folder outside the inputs."
+            )
     for path in [Path(args.model), *paths]:
         if path.resolve().is_relative_to(heatmaps):
             raise OutputError(
