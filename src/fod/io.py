@@ -109,7 +109,10 @@ def ensure_folder(path: str | Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError as exc:  # a file where the folder should be
-        raise output_error(path / "x", exc) if path.exists() else output_error(path, exc) from exc
+        blocker = path if path.exists() else _file_in_the_way(path)
+        raise OutputError(
+            f"{path}: cannot write ({blocker} is a file, not a folder). Choose another output path."
+        ) from exc
     except OSError as exc:
         raise output_error(path, exc) from exc
     return path
