@@ -26,7 +26,8 @@ import torch
 
 import fod
 from fod.api import FOD
-from fod.cli.main import EXIT_PARTIAL, main
+from fod.cli.common import EXIT_PARTIAL
+from fod.cli.main import main
 from fod.data import load_category, synthetic
 from fod.errors import CheckpointError, OutputError
 from fod.io import atomic_write, check_writable, save_tensors, write_json, write_text
