@@ -565,6 +565,13 @@ def test_hostile_pickles_are_reported_plainly(
         rc, _, err = run(capsys, "test", zipped, data)
         assert rc == 2 and "contains code or objects that fod does not load" in one_error(err)
 
+    from fod.backbone.extractor import _read_state_dict
+
+    with pytest.raises(fod.errors.BackboneError) as err:  # a --weights file
+        _read_state_dict(zipped)
+    assert "contains code or objects that fod does not load" in str(err.value)
+    assert "weights_only" not in str(err.value)
+
     out = tmp_path / "m.pt"
     shutil.copy(zipped, tmp_path / "m.state.pt")
     rc, _, err = run(capsys, "train", data, "--out", out, "--resume", *TINY)

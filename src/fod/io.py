@@ -198,6 +198,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     try:
         try:
             os.fchmod(fd, mode)
+        except OSError:  # a file system without modes (FAT, some network shares)
+            pass
         finally:
             os.close(fd)
         write(tmp_path)

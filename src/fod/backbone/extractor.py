@@ -19,6 +19,7 @@ from torch import nn
 
 from fod.backbone import efficientnet_lite as lite
 from fod.errors import BackboneError
+from fod.io import UnsafeFileError, load_tensors
 
 DEFAULT_BACKBONE = "efficientnet_lite2"
 #: Strides of the default layers: mid-level maps, fine enough for localisation, deep enough
@@ -131,11 +132,17 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             state: Any = load_file(str(path), device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_tensors(path)
+    except UnsafeFileError as exc:
+        raise BackboneError(
+            f"weights file {path} contains code or objects that fod does not load (pickled "
+            f"Python objects: {', '.join(exc.names[:3])}). Save a plain state dict with "
+            "torch.save(model.state_dict(), ...) or safetensors."
+        ) from None
     except Exception as exc:
         raise BackboneError(
             f"cannot read weights file {path} (expected a state dict saved with torch.save "
-            f"or safetensors; pickled code is refused): {exc}"
+            f"or safetensors; {type(exc).__name__}: the file is damaged or of another kind)"
         ) from exc
     for _ in range(2):  # unwrap {"state_dict": {...}} and the like
         if isinstance(state, Mapping):

@@ -29,7 +29,7 @@ from PIL import Image
 from scipy import ndimage
 
 from fod.errors import DataError
-from fod.io import atomic_write
+from fod.io import atomic_write, ensure_folder
 
 __all__ = ["CATEGORIES", "DEFECTS", "CategorySpec", "generate", "image_rng", "render"]
 
@@ -161,11 +161,11 @@ def generate(
         plan += [(f"test/{d}", d, n_test_per_defect) for d in CATEGORIES[name].defects]
         for split, defect, count in plan:
             folder = root / split
-            folder.mkdir(parents=True, exist_ok=True)  # even when empty: loaders list it
+            ensure_folder(folder)  # even when empty: loaders list it
             names = written.setdefault(folder, set())
             if defect is not None:
                 gt = root / "ground_truth" / defect
-                gt.mkdir(parents=True, exist_ok=True)
+                ensure_folder(gt)
                 gt_names = written.setdefault(gt, set())
             width = max(3, len(str(max(count - 1, 0))))
             for i in range(count):
