@@ -16,8 +16,6 @@ from fod.backbone import FeatureExtractor, create_backbone, create_efficientnet_
 from fod.backbone import efficientnet_lite as lite
 from fod.errors import BackboneError
 
-skimage_data = pytest.importorskip("skimage.data")
-
 
 def _image_tensor(array: np.ndarray, size: int) -> torch.Tensor:
     """uint8 HxWx3 -> (1, 3, size, size) float in [0, 1]."""
@@ -100,6 +98,7 @@ def test_missing_weight_package_names_the_pip_package(monkeypatch):
 
 
 def test_lite2_classifies_photographs(lite2_classifier):
+    skimage_data = pytest.importorskip("skimage.data")  # the two test photographs
     size = lite.LITE_INPUT_SIZE[2]
     symmetric = create_efficientnet_lite(2, arch="efficientnet_lite2")
     cat = _image_tensor(skimage_data.chelsea(), size)  # a tabby cat
