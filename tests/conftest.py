@@ -4,10 +4,13 @@
 64 px, two levels of d = 32, two heads, one layer), so a training run takes seconds on a CPU.
 The ``generated`` fixture is a circuit-board category from :mod:`fod.data.synthetic` (local and
 logical defects with exact masks), written once per session; tests that change files copy it.
+The ``mtd`` fixture is the real MTD data set beside the checkout: a test that needs it is
+skipped where it is missing, but fails in CI (``CI`` set), where it is always there.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,9 @@ TINY: dict[str, Any] = {
     "batch_size": 4,
     "lr": 1e-3,
 }
+
+#: The real MTD data set: read-only shared data beside the checkout, never copied into it.
+MTD = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mtd"
 
 #: The generated category: its name and the image counts of each split.
 GENERATED = {"category": "board", "n_train": 16, "n_test_good": 6, "n_test_per_defect": 3}
@@ -58,3 +64,14 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
         **sizes,
     )
     return root / GENERATED["category"]
+
+
+@pytest.fixture(scope="session")
+def mtd() -> Path:
+    """The MTD folder; skips the test where it is missing, fails it in CI."""
+    if not MTD.is_dir():
+        message = f"real MTD data set not found at {MTD} (read-only shared data, not in the repo)"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"{message}; CI runs beside it, so its absence is a setup error")
+        pytest.skip(message)
+    return MTD

@@ -24,8 +24,6 @@ from fod.data import (
 )
 from fod.errors import DataError
 
-MTD = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mtd"
-
 
 def _img(path: Path, size: tuple[int, int] = (12, 10), value: int = 120) -> Path:
     """Write a small RGB image (size is width, height as PIL takes it)."""
@@ -506,19 +504,15 @@ def test_load_batch(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def mtd() -> Category:
-    if not MTD.is_dir():
-        pytest.skip(
-            f"real MTD data set not found at {MTD} (read-only shared data, not in the repo)"
-        )
-    return load_category(MTD)
+def mtd_category(mtd: Path) -> Category:
+    return load_category(mtd)
 
 
-def test_mtd_layout_and_counts(mtd: Category) -> None:
-    assert detect_layout(MTD) == "mvtec"
-    assert mtd.layout == "mvtec" and mtd.name == "mtd"
-    assert len(mtd.train) == 761 and len(mtd.test) == 583
-    assert mtd.counts() == {
+def test_mtd_layout_and_counts(mtd_category: Category) -> None:
+    assert detect_layout(mtd_category.root) == "mvtec"
+    assert mtd_category.layout == "mvtec" and mtd_category.name == "mtd"
+    assert len(mtd_category.train) == 761 and len(mtd_category.test) == 583
+    assert mtd_category.counts() == {
         "good": 191,
         "blowhole": 115,
         "break": 85,
@@ -526,21 +520,24 @@ def test_mtd_layout_and_counts(mtd: Category) -> None:
         "fray": 32,
         "uneven": 103,
     }
-    assert mtd.defect_types == ["blowhole", "break", "crack", "fray", "uneven"]
-    assert all(s.image.suffix == ".jpg" for s in mtd.train + mtd.test)
+    assert mtd_category.defect_types == ["blowhole", "break", "crack", "fray", "uneven"]
+    assert all(s.image.suffix == ".jpg" for s in mtd_category.train + mtd_category.test)
 
 
-def test_mtd_every_anomalous_sample_has_a_mask(mtd: Category) -> None:
-    bad = [s for s in mtd.test if s.label == 1]
+def test_mtd_every_anomalous_sample_has_a_mask(mtd_category: Category) -> None:
+    bad = [s for s in mtd_category.test if s.label == 1]
     assert len(bad) == 392
     for s in bad:
         assert s.mask is not None and s.mask.is_file()
-        assert s.mask == MTD / "ground_truth" / s.defect_type / f"{s.image.stem}_mask.png"
-    assert all(s.mask is None for s in mtd.test if s.label == 0)
+        assert (
+            s.mask
+            == mtd_category.root / "ground_truth" / s.defect_type / f"{s.image.stem}_mask.png"
+        )
+    assert all(s.mask is None for s in mtd_category.test if s.label == 0)
 
 
-def test_mtd_images_and_masks_load_with_matching_sizes(mtd: Category) -> None:
-    bad = [s for s in mtd.test if s.label == 1]
+def test_mtd_images_and_masks_load_with_matching_sizes(mtd_category: Category) -> None:
+    bad = [s for s in mtd_category.test if s.label == 1]
     for s in (bad[0], bad[200], bad[-1]):
         img = load_image(s.image)
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3

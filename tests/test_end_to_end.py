@@ -15,8 +15,6 @@ from fod.cli.main import main
 from fod.data.synthetic import generate
 from fod.demo import run_demo
 
-MTD = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mtd"
-
 
 def test_generated_data_train_test_predict(generated: Path, tmp_path: Path) -> None:
     """Train on generated boards, test, predict: defects score above normal images."""
@@ -86,14 +84,13 @@ def test_demo_survives_undefined_metrics(tmp_path: Path, monkeypatch: pytest.Mon
     assert sum("pixel AUROC n/a, AUPRO n/a" in line for line in lines) == 3
 
 
-@pytest.mark.skipif(not MTD.is_dir(), reason=f"MTD data set not found at {MTD}")
-def test_mtd_subset_smoke(tmp_path: Path) -> None:
+def test_mtd_subset_smoke(mtd: Path, tmp_path: Path) -> None:
     """A few real magnetic-tile images (linked, not copied) through train and test."""
     category = tmp_path / "mtd"
     picks = {
-        "train/good": sorted((MTD / "train" / "good").iterdir())[:12],
-        "test/good": sorted((MTD / "test" / "good").iterdir())[:4],
-        "test/blowhole": sorted((MTD / "test" / "blowhole").iterdir())[:3],
+        "train/good": sorted((mtd / "train" / "good").iterdir())[:12],
+        "test/good": sorted((mtd / "test" / "good").iterdir())[:4],
+        "test/blowhole": sorted((mtd / "test" / "blowhole").iterdir())[:3],
     }
     for folder, files in picks.items():
         (category / folder).mkdir(parents=True)
@@ -103,7 +100,7 @@ def test_mtd_subset_smoke(tmp_path: Path) -> None:
     masks.mkdir(parents=True)
     for f in picks["test/blowhole"]:
         name = f"{f.stem}_mask.png"
-        (masks / name).symlink_to(MTD / "ground_truth" / "blowhole" / name)
+        (masks / name).symlink_to(mtd / "ground_truth" / "blowhole" / name)
     model = tmp_path / "mtd.pt"
     assert main(["train", str(category), "--out", str(model), *tiny_args(epochs=1)]) == 0
     assert main(["test", str(model), str(category), "--json", str(tmp_path / "r.json")]) == 0
