@@ -89,21 +89,67 @@ def test_separable_target_is_the_normalised_2d_rbf():
 
 
 def test_sigma_mapping_range():
-    raw = torch.tensor([-100.0, 0.0, 100.0], dtype=torch.float64)
+    """3^(sigmoid(5 s) + 1e-5) - 1: the ends fix the range, +-0.3 (where the sigmoid is steep)
+    the slope of 5."""
+    raw = torch.tensor([-100.0, -0.3, 0.0, 0.3, 100.0], dtype=torch.float64)
     sigma = sigma_from_raw(raw)
+
+    def expected(s: float) -> float:
+        return 3 ** (1 / (1 + math.exp(-5 * s)) + 1e-5) - 1
+
     assert sigma[0] == pytest.approx(3**1e-5 - 1, rel=1e-9)
-    assert sigma[1] == pytest.approx(3 ** (0.5 + 1e-5) - 1, rel=1e-12)
-    assert sigma[2] == pytest.approx(3 ** (1 + 1e-5) - 1, rel=1e-12)
+    assert sigma[2] == pytest.approx(3 ** (0.5 + 1e-5) - 1, rel=1e-12)
+    assert sigma[4] == pytest.approx(3 ** (1 + 1e-5) - 1, rel=1e-12)
+    for i in (1, 3):
+        assert sigma[i] == pytest.approx(expected(float(raw[i])), rel=1e-12)
+    # Worked out by hand: a slope of 1 would give 0.5961 and 0.8797.
+    assert float(sigma[1]) == pytest.approx(0.22192, abs=1e-5)
+    assert float(sigma[3]) == pytest.approx(1.45520, abs=1e-5)
 
 
 def test_position_code_columns_then_rows():
-    code = sincos_2d(3, 5, 8)
-    assert code.shape == (15, 8)
-    # Token (row 2, col 4) is index 14: first half encodes column 4, second half row 2.
-    col, row = 4.0, 2.0
-    expected = [math.sin(col), math.sin(col / 100), math.cos(col), math.cos(col / 100)]
-    expected += [math.sin(row), math.sin(row / 100), math.cos(row), math.cos(row / 100)]
-    torch.testing.assert_close(code[14], torch.tensor(expected), rtol=1e-6, atol=1e-6)
+    """Every token of a 3 x 5 grid against the formula written out: channels [0, dim/2) code the
+    column as dim/4 sines then dim/4 cosines at frequencies 10000^(-4k/dim), the rest the row."""
+    height, width, dim = 3, 5, 16
+    code = sincos_2d(height, width, dim)
+    assert code.shape == (height * width, dim) and code.dtype == torch.float32
+    quarter = dim // 4
+    freqs = [10000.0 ** (-4.0 * k / dim) for k in range(quarter)]
+    for token in range(height * width):
+        row, col = divmod(token, width)  # row-major flattening
+        expected = []
+        for p in (col, row):
+            expected += [math.sin(p * f) for f in freqs] + [math.cos(p * f) for f in freqs]
+        torch.testing.assert_close(code[token], torch.tensor(expected), rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(2, 2, 6)
+
+
+def test_eps_is_the_spec_value_where_it_decides():
+    """EPS = 1e-4 inside the logarithms (spec section 5). The fast path and direct.py share it,
+    so the equivalence tests cannot see it change; here a query attends to one key alone, so
+    log(S + eps) of the other keys is log(eps) and Div and Ent hang on its value."""
+    assert correlation.EPS == 1e-4
+    h, w = 2, 3
+    q = torch.tensor([[[40.0, 0.0]]], dtype=torch.float64)  # (G=1, R=1, dh=2)
+    k = torch.zeros(1, h * w, 2, dtype=torch.float64)
+    k[0, 0, 0] = 1.0  # S = softmax([40, 0, 0, 0, 0, 0]): about 1 on key 0, 4e-18 elsewhere
+    v = torch.randn(1, h * w, 4, dtype=torch.float64)
+    gy = torch.tensor([[[0.75, 0.25]]], dtype=torch.float64)
+    gx = torch.tensor([[[0.5, 0.3, 0.2]]], dtype=torch.float64)
+    _, div, ent = fused_correlation(q, k, v, gy, gx)
+    logits = [40.0] + [0.0] * (h * w - 1)
+    z = sum(math.exp(x) for x in logits)
+    s = [math.exp(x) / z for x in logits]
+    t = [a * b for a in (0.75, 0.25) for b in (0.5, 0.3, 0.2)]
+    eps = 1e-4
+    div_expected = sum(
+        (ti - si) * (math.log(ti + eps) - math.log(si + eps)) for ti, si in zip(t, s, strict=True)
+    )
+    ent_expected = -sum(si * math.log(si + eps) for si in s)
+    assert float(div[0, 0]) == pytest.approx(div_expected, rel=1e-12)
+    assert float(ent[0, 0]) == pytest.approx(ent_expected, rel=1e-9)
+    assert div_expected > 5.0  # log(eps) dominates: eps = 1e-5 would add about log(10) x 0.7
 
 
 def test_references():
