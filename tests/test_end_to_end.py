@@ -8,7 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import GENERATED, GENERATED_DEFECTS, tiny_args, tiny_config
+from conftest import (
+    GENERATED,
+    GENERATED_DEFECTS,
+    assert_defects_outscore_normals,
+    tiny_args,
+    tiny_config,
+)
 from PIL import Image
 
 from fod.cli.main import main
@@ -17,13 +23,12 @@ from fod.demo import run_demo
 
 
 def test_generated_data_train_test_predict(generated: Path, tmp_path: Path) -> None:
-    """Train on generated boards, test, predict: defects score above normal images."""
+    """Train on generated boards, test, predict: defects score clearly above normal images."""
     category = generated
     model = tmp_path / "board.pt"
     assert main(["train", str(category), "--out", str(model), *tiny_args()]) == 0
     assert main(["test", str(model), str(category), "--json", str(tmp_path / "r.json")]) == 0
     results = json.loads((tmp_path / "r.json").read_text())["categories"]["board"]
-    assert results["image_auroc"] > 0.5
     out = tmp_path / "pred"
     assert main(["predict", str(model), str(category / "test"), "--out", str(out)]) == 0
     with open(out / "predictions.csv", newline="") as f:
@@ -34,7 +39,7 @@ def test_generated_data_train_test_predict(generated: Path, tmp_path: Path) -> N
     for row in rows:
         kind = "good" if "/good/" in row["path"].replace("\\", "/") else "defect"
         scores[kind].append(float(row["score"]))
-    assert np.mean(scores["defect"]) > np.mean(scores["good"])
+    assert_defects_outscore_normals(results, scores["good"], scores["defect"])
     assert len(list(out.rglob("*.png"))) == len(rows)
 
 
