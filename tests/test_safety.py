@@ -167,6 +167,7 @@ def test_an_output_that_is_an_input_is_refused(
         ("train", data, "--out", image, *TINY),
         ("train", data, "--out", image, "--force", *TINY),  # --force never destroys an input
         ("predict", model, data / "test", "--out", data / "test" / "good"),
+        ("test", model, data, "--report", data / "test"),  # panels named like the test images
     ]
     for args in cases:
         rc, _, err = run(capsys, *args)
@@ -174,6 +175,8 @@ def test_an_output_that_is_an_input_is_refused(
         line = one_error(err)
         assert any(w in line for w in ("is also an input", "holds an input", "inside the input"))
     monkeypatch.undo()
+    with pytest.raises(OutputError, match="inside the input folder"):
+        FOD.load(model, device="cpu", progress=False).test(data, report_dir=data / "test")
     # predict into a folder whose heatmaps/ holds the images being predicted
     heat = tmp_path / "out" / "heatmaps"
     shutil.copytree(data / "test" / "good", heat)

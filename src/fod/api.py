@@ -407,7 +407,7 @@ class FOD:
         ``scores.csv`` and the training-loss plot. ``require_masks=False`` accepts anomalous
         images without a mask (pixel metrics are then left out).
         """
-        from fod.io import check_writable
+        from fod.io import check_outside, check_writable
         from fod.metrics import evaluate
         from fod.scoring import score_samples
 
@@ -415,6 +415,8 @@ class FOD:
         if report_dir is not None:
             check_writable(report_dir, folder=True)
         category = _test_category(data, layout, require_masks)
+        if report_dir is not None:  # panels are named <type>/<image>.png, like test images
+            check_outside(report_dir, category.root, "report panels")
         t0 = time.perf_counter()
         scored = score_samples(self.detector, category.test, batch_size, self.device, self.progress)
         seconds = time.perf_counter() - t0

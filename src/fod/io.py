@@ -182,6 +182,17 @@ def check_not_input(output: str | Path, inputs: Iterable[str | Path], what: str 
         )
 
 
+def check_outside(output: str | Path, folder: str | Path, what: str) -> None:
+    """Refuse an output folder that is ``folder`` (an input folder) or lies inside it: what it
+    writes would replace the inputs or be read as inputs by the next run."""
+    output, folder = Path(output).expanduser(), Path(folder).expanduser()
+    if folder.is_dir() and output.resolve().is_relative_to(folder.resolve()):
+        raise OutputError(
+            f"{output}: lies inside the input folder {folder}, so the {what} written there "
+            "would replace or mix with the inputs. Choose a folder outside the inputs."
+        )
+
+
 # ------------------------------------------------------------------------------- writes
 
 

@@ -75,19 +75,14 @@ def output_names(paths: list[Path]) -> list[str]:
 def _check_outputs(out: Path, args: argparse.Namespace, paths: list[Path]) -> None:
     """Refuse an --out whose files would replace the model or an input image."""
     from fod.errors import OutputError
-    from fod.io import check_not_input, check_writable
+    from fod.io import check_not_input, check_outside, check_writable
 
     check_writable(out, folder=True)
     for name in PREDICTION_FILES:
         check_not_input(out / name, [args.model, *paths], "the model or an input image")
     heatmaps = (out / HEATMAPS).resolve()
     for item in args.inputs:
-        folder = Path(item).expanduser()
-        if folder.is_dir() and heatmaps.is_relative_to(folder.resolve()):
-            raise OutputError(
-                f"{out}: lies inside the input folder {folder}, so the next run would read its "
-                "heat maps as images. Choose an --out folder outside the inputs."
-            )
+        check_outside(out / HEATMAPS, item, "heat maps")
     for path in [Path(args.model), *paths]:
         if path.resolve().is_relative_to(heatmaps):
             raise OutputError(

@@ -44,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from fod.api import FOD
-    from fod.io import check_not_input, check_writable, write_json
+    from fod.io import check_not_input, check_outside, check_writable, write_json
     from fod.report import summarize, to_jsonable
 
     # outputs are checked before the model is loaded and the test set scored
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         check_writable(args.json)
     if args.report:
         check_not_input(args.report, [args.model])
+        check_outside(args.report, args.data, "report panels")
         check_writable(args.report, folder=True)
     requested = {"image_size": args.image_size} if args.image_size is not None else {}
     model = FOD.load(args.model, device=args.device, progress=not args.quiet, **requested)
