@@ -95,11 +95,6 @@ def new_file_mode(path: str | Path) -> int:
     return st.st_mode & 0o7777
 
 
-def new_folder_mode() -> int:
-    """The mode a plain ``mkdir`` gives: ``0777`` less the umask."""
-    return 0o777 & ~_umask()
-
-
 # ------------------------------------------------------------------------------- checks
 
 
