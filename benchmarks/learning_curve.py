@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     for first in range(0, feats.shape[0], 32):
                         batch = feats[first : first + 32]
                         # One forward gives both maps (what model.score computes, plus rec).
-                        out = model(batch, stats=score_branches(model.variant), entropy=False)
+                        out = model(
+                            batch, div_branches=score_branches(model.variant), entropy=False
+                        )
                         s.append(token_scores(out, model.variant, h, w))
                         r.append(reconstruction_score(out.tokens, out.reconstruction))
                     score_maps.append(torch.cat(s))

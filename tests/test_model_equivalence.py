@@ -138,11 +138,13 @@ def test_float32_fast_path_close_to_float64_direct():
 # ------------------------------------------------------------- the plain correlation path (ONNX)
 
 
-def _inputs(b: int, shared: bool, heads: int, maps: int, dtype: torch.dtype) -> list[torch.Tensor]:
+def _inputs(
+    b: int, shared: bool, heads: int, reference_maps: int, dtype: torch.dtype
+) -> list[torch.Tensor]:
     """q, k, v, gy, gx of correlation_attention; ``shared``: one key set for the batch."""
     n, h, w, dh = 12, 3, 4, 5
     bk = 1 if shared else b
-    keys = maps * h * w
+    keys = reference_maps * h * w
     return [
         torch.randn(b, heads, n, dh, dtype=dtype),
         torch.randn(bk, heads, keys, dh, dtype=dtype),
@@ -152,19 +154,19 @@ def _inputs(b: int, shared: bool, heads: int, maps: int, dtype: torch.dtype) -> 
     ]
 
 
-@pytest.mark.parametrize("maps", [1, 3])
+@pytest.mark.parametrize("reference_maps", [1, 3])
 @pytest.mark.parametrize("shared", [True, False])
 def test_plain_correlation_equals_fused(
-    maps: int, shared: bool, monkeypatch: pytest.MonkeyPatch
+    reference_maps: int, shared: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(correlation, "BLOCK_ELEMENTS", 64)  # several row blocks on the fast path
-    torch.manual_seed(maps * 10 + shared)
+    torch.manual_seed(reference_maps * 10 + shared)
     # float64: values and gradients (minimax sign included) agree to rounding
-    args = [a.requires_grad_() for a in _inputs(2, shared, 2, maps, torch.float64)]
+    args = [a.requires_grad_() for a in _inputs(2, shared, 2, reference_maps, torch.float64)]
     weights = [torch.randn(2, 2, 12, 5, dtype=torch.float64), torch.randn(2, 2, 12)]
     weights.append(torch.randn(2, 2, 12, dtype=torch.float64))
-    fast = correlation_attention(*args, maps=maps, s_div_scale=-1.0)
-    plain = plain_correlation(*args, maps=maps, s_div_scale=-1.0)
+    fast = correlation_attention(*args, reference_maps=reference_maps, s_div_scale=-1.0)
+    plain = plain_correlation(*args, reference_maps=reference_maps, s_div_scale=-1.0)
     for a, b in zip(fast, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
@@ -176,11 +178,13 @@ def test_plain_correlation_equals_fused(
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
     # float32, as exported: the switch gives the plain path, and it matches the fast one
-    args32 = _inputs(3, shared, 2, maps, torch.float32)
+    args32 = _inputs(3, shared, 2, reference_maps, torch.float32)
     with torch.no_grad():
-        fast = correlation_attention(*args32, maps=maps, with_entropy=False)
+        fast = correlation_attention(*args32, reference_maps=reference_maps, with_entropy=False)
         with plain_correlation_mode():
-            plain = correlation_attention(*args32, maps=maps, with_entropy=False)
+            plain = correlation_attention(
+                *args32, reference_maps=reference_maps, with_entropy=False
+            )
     for a, b in zip(fast, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert not bool(plain[2].any())  # no entropy asked for: zeros, as on the fast path

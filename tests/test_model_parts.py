@@ -14,23 +14,23 @@ from fod.model.positional import sincos_2d
 from fod.model.target import separable_target, sigma_from_raw
 
 
-def _plain_correlation(q, k, v, gy, gx, maps, eps=1e-4):
+def _plain_correlation(q, k, v, gy, gx, reference_maps, eps=1e-4):
     """Autograd composition of the formulas with the full target matrix."""
     s = torch.softmax(q @ k.transpose(1, 2), dim=-1)
-    t = (gy.unsqueeze(-1) * gx.unsqueeze(-2)).flatten(-2) / maps
-    t = t.repeat(1, 1, maps)
+    t = (gy.unsqueeze(-1) * gx.unsqueeze(-2)).flatten(-2) / reference_maps
+    t = t.repeat(1, 1, reference_maps)
     div = ((t - s) * (torch.log(t + eps) - torch.log(s + eps))).sum(-1)
     ent = -(s * torch.log(s + eps)).sum(-1)
     return s @ v, div, ent
 
 
-@pytest.mark.parametrize("maps", [1, 3])
+@pytest.mark.parametrize("reference_maps", [1, 3])
 @pytest.mark.parametrize("block", [64, 1 << 19])
-def test_fused_correlation_values_and_gradients(maps, block, monkeypatch):
+def test_fused_correlation_values_and_gradients(reference_maps, block, monkeypatch):
     monkeypatch.setattr(correlation, "BLOCK_ELEMENTS", block)
     torch.manual_seed(0)
     g, r, h, w, dh = 3, 11, 4, 5, 6
-    keys = maps * h * w
+    keys = reference_maps * h * w
     q = torch.randn(g, r, dh, dtype=torch.float64, requires_grad=True)
     k = torch.randn(g, keys, dh, dtype=torch.float64, requires_grad=True)
     v = torch.randn(g, keys, dh, dtype=torch.float64, requires_grad=True)
@@ -40,8 +40,8 @@ def test_fused_correlation_values_and_gradients(maps, block, monkeypatch):
     weights = [torch.randn(g, r, dh, dtype=torch.float64), torch.randn(g, r), torch.randn(g, r)]
     weights = [wt.double() for wt in weights]
 
-    fast = fused_correlation(q, k, v, gy, gx, maps)
-    plain = _plain_correlation(q, k, v, gy, gx, maps)
+    fast = fused_correlation(q, k, v, gy, gx, reference_maps)
+    plain = _plain_correlation(q, k, v, gy, gx, reference_maps)
     for a, b in zip(fast, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 

@@ -68,11 +68,12 @@ class CorrelationAttention(nn.Module):
         context: Tensor,
         height: int,
         width: int,
-        maps: int = 1,
+        reference_maps: int = 1,
         with_stats: bool = True,
         with_entropy: bool = True,
     ) -> AttentionResult:
-        """``x``: (B, L, d) queries on a height x width grid; ``context``: (B or 1, maps*L, d).
+        """``x``: (B, L, d) queries on a height x width grid; ``context``: (B or 1, k L, d) with
+        k = ``reference_maps``.
 
         ``with_stats=False`` skips the target, Div and Ent (plain fused attention): scoring
         needs them from one branch only. ``with_entropy=False`` skips Ent (``ent`` is None).
@@ -97,7 +98,7 @@ class CorrelationAttention(nn.Module):
                 v,
                 gy,
                 gx,
-                maps,
+                reference_maps,
                 EPS,
                 -1.0 if self.minimax else 1.0,
                 with_entropy=with_entropy,

@@ -45,17 +45,17 @@ def _rows_per_block(groups: int, keys: int, rows: int, block_elements: int) -> i
     return max(1, min(rows, block_elements // max(1, groups * keys)))
 
 
-def _target_block(gy: Tensor, gx: Tensor, maps: int, shift: float = 0.0) -> Tensor:
-    """T + shift for a block of rows: (G, r, H) x (G, r, W) -> (G, r, maps * H * W).
+def _target_block(gy: Tensor, gx: Tensor, reference_maps: int, shift: float = 0.0) -> Tensor:
+    """T + shift for a block of rows: (G, r, H) x (G, r, W) -> (G, r, reference_maps * H * W).
 
     T's rows sum to 1; the shift (eps) is added in the same pass as the outer product.
     """
     g, r, h = gy.shape
-    if maps > 1:
-        gy = gy / maps
+    if reference_maps > 1:
+        gy = gy / reference_maps
     t = torch.addcmul(gy.new_tensor(shift), gy.unsqueeze(-1), gx.unsqueeze(-2))
     t = t.reshape(g, r, h * gx.shape[-1])
-    return t.repeat(1, 1, maps) if maps > 1 else t
+    return t.repeat(1, 1, reference_maps) if reference_maps > 1 else t
 
 
 def _outside_autocast(fn):
@@ -83,7 +83,7 @@ class _FusedCorrelation(torch.autograd.Function):
         v: Tensor,
         gy: Tensor,
         gx: Tensor,
-        maps: int,
+        reference_maps: int,
         eps: float,
         s_div_scale: float,
         block_elements: int,
@@ -103,19 +103,24 @@ class _FusedCorrelation(torch.autograd.Function):
             s_eps = torch.add(s, eps)
             if with_entropy:
                 ent[:, r0:r1] = torch.linalg.vecdot(s, torch.log(s_eps)).neg_()
-            t_eps = _target_block(gy[:, r0:r1], gx[:, r0:r1], maps, eps)
+            t_eps = _target_block(gy[:, r0:r1], gx[:, r0:r1], reference_maps, eps)
             # log(T + eps) - log(S + eps) as one logarithm of the ratio; T - S as a difference
             # of the two shifted maps.
             log_ratio = torch.div(t_eps, s_eps).log_()
             div[:, r0:r1] = torch.linalg.vecdot(t_eps.sub_(s_eps), log_ratio)
         ctx.save_for_backward(q, k, v, gy, gx)
-        ctx.maps, ctx.eps, ctx.s_div_scale, ctx.step = maps, eps, s_div_scale, step
+        ctx.reference_maps, ctx.eps, ctx.s_div_scale, ctx.step = (
+            reference_maps,
+            eps,
+            s_div_scale,
+            step,
+        )
         return out, div, ent
 
     @staticmethod
     def backward(ctx, g_out: Tensor | None, g_div: Tensor | None, g_ent: Tensor | None):
         q, k, v, gy, gx = ctx.saved_tensors
-        maps, eps, step = ctx.maps, ctx.eps, ctx.step
+        reference_maps, eps, step = ctx.reference_maps, ctx.eps, ctx.step
         groups, rows, _ = q.shape
         height, width = gy.shape[-1], gx.shape[-1]
         need_target = g_div is not None and (ctx.needs_input_grad[3] or ctx.needs_input_grad[4])
@@ -141,12 +146,12 @@ class _FusedCorrelation(torch.autograd.Function):
                 #   dDiv/dT = log r + 1 - 1 / r
                 #   dDiv/dS = -log r - r            (up to a per-row constant)
                 gd = g_div[:, r0:r1].unsqueeze(-1)
-                ratio = _target_block(gy[:, r0:r1], gx[:, r0:r1], maps, eps).div_(s_eps)
+                ratio = _target_block(gy[:, r0:r1], gx[:, r0:r1], reference_maps, eps).div_(s_eps)
                 log_ratio = torch.log(ratio)
                 if need_target:
                     dt = torch.add(log_ratio, 1.0).sub_(ratio.reciprocal()).mul_(gd)
-                    dt = dt.view(groups, r1 - r0, maps, height, width)
-                    dt = dt.sum(2).div_(maps) if maps > 1 else dt[:, :, 0]
+                    dt = dt.view(groups, r1 - r0, reference_maps, height, width)
+                    dt = dt.sum(2).div_(reference_maps) if reference_maps > 1 else dt[:, :, 0]
                     dgy[:, r0:r1] = torch.linalg.vecdot(dt, gx[:, r0:r1].unsqueeze(-2))
                     dgx[:, r0:r1] = (dt * gy[:, r0:r1].unsqueeze(-1)).sum(-2)
                 cd = gd * ctx.s_div_scale
@@ -188,7 +193,7 @@ def plain_correlation(
     v: Tensor,
     gy: Tensor,
     gx: Tensor,
-    maps: int = 1,
+    reference_maps: int = 1,
     eps: float = EPS,
     s_div_scale: float = 1.0,
     with_entropy: bool = True,
@@ -205,10 +210,10 @@ def plain_correlation(
     ent = -(s * torch.log(s + eps)).sum(-1) if with_entropy else torch.zeros_like(s[..., 0])
     if s_div_scale != 1.0 and torch.is_grad_enabled():  # same value, scaled gradient
         s = s * s_div_scale + s.detach() * (1.0 - s_div_scale)
-    t = (gy / maps).unsqueeze(-1) * gx.unsqueeze(-2)
+    t = (gy / reference_maps).unsqueeze(-1) * gx.unsqueeze(-2)
     t = t.flatten(-2)
-    if maps > 1:
-        t = torch.cat([t] * maps, dim=-1)
+    if reference_maps > 1:
+        t = torch.cat([t] * reference_maps, dim=-1)
     t_eps, s_eps = t + eps, s + eps
     div = ((t_eps - s_eps) * torch.log(t_eps / s_eps)).sum(-1)
     return out, div, ent
@@ -221,7 +226,7 @@ def fused_correlation(
     v: Tensor,
     gy: Tensor,
     gx: Tensor,
-    maps: int = 1,
+    reference_maps: int = 1,
     eps: float = EPS,
     s_div_scale: float = 1.0,
     block_elements: int | None = None,
@@ -230,20 +235,21 @@ def fused_correlation(
     """Attention output, per-row Div(T, S) and per-row Ent(S) for grouped rows.
 
     ``q``: (G, R, dh), already scaled by 1/sqrt(dh); ``k``, ``v``: (G, K, dh) with
-    ``K = maps * H * W``; ``gy``: (G, R, H); ``gx``: (G, R, W). Returns ``out`` (G, R, dh),
-    ``div`` (G, R) and ``ent`` (G, R); ``with_entropy=False`` leaves ``ent`` at zero and saves
-    a logarithm per element (scoring needs no entropy).
+    ``K = reference_maps * H * W``; ``gy``: (G, R, H); ``gx``: (G, R, W). Returns ``out``
+    (G, R, dh), ``div`` (G, R) and ``ent`` (G, R); ``with_entropy=False`` leaves ``ent`` at
+    zero and saves a logarithm per element (scoring needs no entropy).
     """
     block_elements = block_elements or BLOCK_ELEMENTS
     keys = k.shape[1]
-    if keys != maps * gy.shape[-1] * gx.shape[-1]:
+    if keys != reference_maps * gy.shape[-1] * gx.shape[-1]:
         raise ValueError(
-            f"keys ({keys}) must equal maps * H * W = {maps} * {gy.shape[-1]} * {gx.shape[-1]}"
+            f"keys ({keys}) must equal reference_maps * H * W = {reference_maps} * "
+            f"{gy.shape[-1]} * {gx.shape[-1]}"
         )
     if _use_plain():
-        return plain_correlation(q, k, v, gy, gx, maps, eps, s_div_scale, with_entropy)
+        return plain_correlation(q, k, v, gy, gx, reference_maps, eps, s_div_scale, with_entropy)
     return _FusedCorrelation.apply(
-        q, k, v, gy, gx, maps, eps, s_div_scale, block_elements, with_entropy
+        q, k, v, gy, gx, reference_maps, eps, s_div_scale, block_elements, with_entropy
     )
 
 
@@ -254,7 +260,7 @@ def correlation_attention(
     v: Tensor,
     gy: Tensor,
     gx: Tensor,
-    maps: int = 1,
+    reference_maps: int = 1,
     eps: float = EPS,
     s_div_scale: float = 1.0,
     block_elements: int | None = None,
@@ -267,14 +273,14 @@ def correlation_attention(
     Returns out (B, h, L, dh), div (B, h, L), ent (B, h, L).
     """
     if _use_plain():
-        return plain_correlation(q, k, v, gy, gx, maps, eps, s_div_scale, with_entropy)
+        return plain_correlation(q, k, v, gy, gx, reference_maps, eps, s_div_scale, with_entropy)
     b, h, n, dh = q.shape
     if k.shape[0] == 1 and b > 1:
         qg = q.transpose(0, 1).reshape(h, b * n, dh)
         gyg = gy.transpose(0, 1).reshape(h, b * n, gy.shape[-1])
         gxg = gx.transpose(0, 1).reshape(h, b * n, gx.shape[-1])
         out, div, ent = fused_correlation(
-            qg, k[0], v[0], gyg, gxg, maps, eps, s_div_scale, block_elements, with_entropy
+            qg, k[0], v[0], gyg, gxg, reference_maps, eps, s_div_scale, block_elements, with_entropy
         )
         out = out.reshape(h, b, n, -1).transpose(0, 1)
         return out, div.reshape(h, b, n).transpose(0, 1), ent.reshape(h, b, n).transpose(0, 1)
@@ -286,7 +292,7 @@ def correlation_attention(
         v.reshape(b * h, v.shape[2], v.shape[3]),
         gy.reshape(b * h, n, gy.shape[-1]),
         gx.reshape(b * h, n, gx.shape[-1]),
-        maps,
+        reference_maps,
         eps,
         s_div_scale,
         block_elements,

@@ -36,14 +36,19 @@ def _linear(layer: torch.nn.Linear, x: Tensor) -> Tensor:
     return x @ layer.weight.t() + layer.bias
 
 
-def _grid_positions(height: int, width: int, maps: int) -> tuple[Tensor, Tensor]:
+def _grid_positions(height: int, width: int, reference_maps: int) -> tuple[Tensor, Tensor]:
     rows = torch.arange(height, dtype=torch.float64).repeat_interleave(width)
     cols = torch.arange(width, dtype=torch.float64).repeat(height)
-    return rows.repeat(maps), cols.repeat(maps)
+    return rows.repeat(reference_maps), cols.repeat(reference_maps)
 
 
 def _attention(
-    att: CorrelationAttention, x: Tensor, context: Tensor, height: int, width: int, maps: int
+    att: CorrelationAttention,
+    x: Tensor,
+    context: Tensor,
+    height: int,
+    width: int,
+    reference_maps: int,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     b, n, d = x.shape
     h = att.heads
@@ -66,8 +71,8 @@ def _attention(
     sigma_y = sigma[..., 0:1].repeat(1, 1, 1, keys)
     sigma_x = sigma[..., 1:2].repeat(1, 1, 1, keys)
     q_rows, q_cols = _grid_positions(height, width, 1)
-    k_rows, k_cols = _grid_positions(height, width, maps)
-    dist_y = (q_rows[:, None] - k_rows[None, :]).to(x)  # (L, maps L), on x's device
+    k_rows, k_cols = _grid_positions(height, width, reference_maps)
+    dist_y = (q_rows[:, None] - k_rows[None, :]).to(x)  # (L, k L), on x's device
     dist_x = (q_cols[:, None] - k_cols[None, :]).to(x)
     t = (
         1.0
@@ -92,7 +97,7 @@ def direct_forward(model: FODTransformer, features: Tensor) -> DirectOutput:
         )
         reference = reference.repeat(b, 1, 1)
     out = DirectOutput(tokens, tokens)
-    maps = variant.reference_maps
+    reference_maps = variant.reference_maps
     for layer in model.layers:
         if layer.plain is not None:
             o, _, _ = _attention(layer.plain, z, z, spec.height, spec.width, 1)
@@ -103,7 +108,9 @@ def direct_forward(model: FODTransformer, features: Tensor) -> DirectOutput:
                 o_intra, s, t = _attention(layer.intra, z, z, spec.height, spec.width, 1)
                 out.intra.append((s, t))
             if layer.inter is not None:
-                o_inter, s, t = _attention(layer.inter, z, reference, spec.height, spec.width, maps)
+                o_inter, s, t = _attention(
+                    layer.inter, z, reference, spec.height, spec.width, reference_maps
+                )
                 out.inter.append((s, t))
             if o_intra is not None and o_inter is not None:
                 h = (z + o_intra) - (z + o_inter)

@@ -57,8 +57,8 @@ class EncoderLayer(nn.Module):
         reference: Tensor | None,
         height: int,
         width: int,
-        maps: int,
-        stats: frozenset[str] = BRANCHES,
+        reference_maps: int,
+        div_branches: frozenset[str] = BRANCHES,
         entropy: bool = True,
     ) -> tuple[Tensor, AttentionResult | None, AttentionResult | None]:
         intra = inter = None
@@ -66,9 +66,11 @@ class EncoderLayer(nn.Module):
             h = x + self.plain(x, x, height, width).out
         else:
             if self.intra is not None:
-                intra = self.intra(x, x, height, width, 1, "intra" in stats, entropy)
+                intra = self.intra(x, x, height, width, 1, "intra" in div_branches, entropy)
             if self.inter is not None:
-                inter = self.inter(x, reference, height, width, maps, "inter" in stats, entropy)
+                inter = self.inter(
+                    x, reference, height, width, reference_maps, "inter" in div_branches, entropy
+                )
             if intra is not None and inter is not None:
                 h = intra.out - inter.out  # I2Correlation: (x + O_intra) - (x + O_inter)
             else:
@@ -101,8 +103,8 @@ class FODTransformer(nn.Module):
         self.embed = nn.Linear(spec.channels, d)
         self.register_buffer("position", sincos_2d(spec.height, spec.width, d), persistent=False)
         if variant.inter:
-            maps = variant.reference_maps
-            expected = (maps, spec.channels, spec.height, spec.width)
+            reference_maps = variant.reference_maps
+            expected = (reference_maps, spec.channels, spec.height, spec.width)
             if reference is None:
                 reference = torch.zeros(expected)
             if tuple(reference.shape) != expected:
@@ -133,11 +135,11 @@ class FODTransformer(nn.Module):
         return r.reshape(1, -1, self.spec.d_model)
 
     def forward(
-        self, features: Tensor, stats: frozenset[str] = BRANCHES, entropy: bool = True
+        self, features: Tensor, div_branches: frozenset[str] = BRANCHES, entropy: bool = True
     ) -> FODOutput:
         """``features``: (B, C, H, W) pooled backbone features of this level.
 
-        ``stats`` names the branches whose Div and Ent are computed (all for training); the
+        ``div_branches`` names the branches whose Div and Ent are computed (all for training); the
         others run as plain attention, which is all that scoring needs of them.
         ``entropy=False`` skips Ent (its fields are None), which scoring does not use.
         """
@@ -146,27 +148,27 @@ class FODTransformer(nn.Module):
         tokens = features.flatten(2).transpose(1, 2)
         z = self.embed(tokens) + self.position
         reference = self.embedded_reference() if self.variant.inter else None
-        maps = self.variant.reference_maps
-        per_layer: dict[str, list[Tensor]] = {"di": [], "ei": [], "de": [], "ee": []}
+        reference_maps = self.variant.reference_maps
+        # Per FODOutput field, that statistic of every layer; the output holds their mean.
+        per_layer: dict[str, list[Tensor | None]] = {
+            "div_intra": [],
+            "ent_intra": [],
+            "div_inter": [],
+            "ent_inter": [],
+        }
         for layer in self.layers:
-            z, intra, inter = layer(z, reference, s.height, s.width, maps, stats, entropy)
-            if intra is not None:
-                per_layer["di"].append(intra.div)
-                per_layer["ei"].append(intra.ent)
-            if inter is not None:
-                per_layer["de"].append(inter.div)
-                per_layer["ee"].append(inter.ent)
+            z, intra, inter = layer(
+                z, reference, s.height, s.width, reference_maps, div_branches, entropy
+            )
+            for branch, result in (("intra", intra), ("inter", inter)):
+                if result is not None:
+                    per_layer[f"div_{branch}"].append(result.div)
+                    per_layer[f"ent_{branch}"].append(result.ent)
         reconstruction = self.head(self.norm(z))
-        return FODOutput(
-            tokens,
-            reconstruction,
-            _layer_mean(per_layer["di"]),
-            _layer_mean(per_layer["ei"]),
-            _layer_mean(per_layer["de"]),
-            _layer_mean(per_layer["ee"]),
-        )
+        means = {field: _layer_mean(values) for field, values in per_layer.items()}
+        return FODOutput(tokens, reconstruction, **means)
 
     def score(self, features: Tensor) -> Tensor:
         """(B, H, W) per-token anomaly scores, computing only the statistics they use."""
-        output = self(features, stats=score_branches(self.variant), entropy=False)
+        output = self(features, div_branches=score_branches(self.variant), entropy=False)
         return token_scores(output, self.variant, self.spec.height, self.spec.width)
