@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from fod.config import ConfigError, FODConfig, make_config
-from fod.data import IMAGE_EXTENSIONS, Category, Sample, load_batch, load_category
+from fod.data import Category, Sample, image_files, load_batch, load_category, training_samples
 from fod.data.images import load_image, resize_image
 from fod.devices import resolve_device
 from fod.errors import DataError, FODError, TrainingError
@@ -56,50 +56,6 @@ class Prediction:
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "score": self.score, "anomalous": self.anomalous}
-
-
-def image_files(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Files as given, folders expanded to their images (recursively, sorted, hidden skipped)."""
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if not path.exists() and not path.is_symlink():  # a broken link: reading says so
-            raise DataError(f"{path}: no such file or folder. Check the path.")
-        if path.is_dir():
-            images = sorted(
-                p
-                for p in path.rglob("*")
-                if (p.is_file() or (p.is_symlink() and not p.exists()))  # broken links: reported
-                and p.suffix.lower() in IMAGE_EXTENSIONS
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
-            if not images:
-                exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-                raise DataError(f"{path}: folder holds no images ({exts}).")
-            found.extend(images)
-        else:
-            found.append(path)
-    if not found:
-        raise DataError("no images given. Pass image files or folders.")
-    return found
-
-
-def _training_samples(data: Any, layout: str | None) -> tuple[str, list[Sample]]:
-    """(name, good samples) from a Category, a category folder, a folder of good images, or
-    a list of image files and folders."""
-    if isinstance(data, Category):
-        return data.name, list(data.train)
-    if isinstance(data, (list, tuple)):
-        return "images", [Sample(p, 0, "good") for p in image_files(data)]
-    path = Path(data).expanduser()
-    if path.is_dir() and not (path / "train").is_dir():
-        loose = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-        if loose:  # a plain folder of good images: everything in it is training data
-            return path.name, [Sample(p, 0, "good") for p in image_files(path)]
-    category = load_category(path, layout, require_test=False)
-    return category.name, list(category.train)
 
 
 def _test_category(data: Any, layout: str | None, require_masks: bool = True) -> Category:
@@ -238,7 +194,7 @@ class FOD:
         from fod.io import check_not_input, check_writable
         from fod.training import train
 
-        _, samples = _training_samples(data, layout)
+        _, samples = training_samples(data, layout)
 
         def check_outputs() -> None:  # before the backbone runs: a refusal costs nothing
             if self.cache_dir is not None:

@@ -10,7 +10,9 @@ from fod.data.layouts import (
     Sample,
     detect_layout,
     find_categories,
+    image_files,
     load_category,
+    training_samples,
 )
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "as_size",
     "detect_layout",
     "find_categories",
+    "image_files",
     "load_batch",
     "load_category",
     "load_image",
@@ -31,4 +34,5 @@ __all__ = [
     "resize_image",
     "resize_mask",
     "to_tensor",
+    "training_samples",
 ]

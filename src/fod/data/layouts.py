@@ -19,7 +19,7 @@ the good type first and the defect types sorted by name, each sorted by file nam
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,9 @@ __all__ = [
     "Sample",
     "detect_layout",
     "find_categories",
+    "image_files",
     "load_category",
+    "training_samples",
 ]
 
 LAYOUTS: tuple[str, ...] = ("mvtec", "btad", "mvtec3d")
@@ -588,3 +590,53 @@ def find_categories(
     if _looks_like_category(path):
         return [load_category(path, layout, **options)]
     return [load_category(p, layout, **options) for p in _benchmark_categories(path)]
+
+
+# ------------------------------------------------------------------------- loose images
+
+
+def image_files(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Files as given, folders expanded to their images (recursively, sorted; hidden files and
+    folders skipped, broken links kept so that reading them names them)."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if not path.exists() and not path.is_symlink():  # a broken link: reading says so
+            raise DataError(f"{path}: no such file or folder. Check the path.")
+        if path.is_dir():
+            images = sorted(
+                p
+                for p in path.rglob("*")
+                if (p.is_file() or _broken_link(p))
+                and _is_image_name(p)
+                and all(_visible(Path(part)) for part in p.relative_to(path).parts)
+            )
+            if not images:
+                exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+                raise DataError(f"{path}: folder holds no images ({exts}).")
+            found.extend(images)
+        else:
+            found.append(path)
+    if not found:
+        raise DataError("no images given. Pass image files or folders.")
+    return found
+
+
+def training_samples(
+    data: Category | str | Path | Sequence[str | Path], layout: str | None = None
+) -> tuple[str, list[Sample]]:
+    """(name, good samples) to train on: a Category's training split, a category folder's, a
+    plain folder of good images (all of it), or a list of image files and folders."""
+    if isinstance(data, Category):
+        return data.name, list(data.train)
+    if isinstance(data, (list, tuple)):
+        return "images", [Sample(p, 0, "good") for p in image_files(data)]
+    path = Path(data).expanduser()
+    if path.is_dir() and not (path / "train").is_dir():
+        loose = [p for p in path.iterdir() if p.is_file() and _is_image_name(p)]
+        if loose:  # a plain folder of good images: everything in it is training data
+            return path.name, [Sample(p, 0, "good") for p in image_files(path)]
+    category = load_category(path, layout, require_test=False)
+    return category.name, list(category.train)

@@ -92,7 +92,8 @@ def _check_outputs(out: Path, args: argparse.Namespace, paths: list[Path]) -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    from fod.api import FOD, image_files
+    from fod.api import FOD
+    from fod.data import image_files
     from fod.errors import DataError
     from fod.io import OutputSet, write_json
     from fod.report import save_png, write_csv
