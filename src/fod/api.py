@@ -32,13 +32,8 @@ from fod.config import ConfigError, FODConfig, make_config
 from fod.data import Category, Sample, image_files, load_batch, load_category, training_samples
 from fod.data.images import load_image, resize_image
 from fod.devices import resolve_device
-from fod.errors import DataError, FODError, TrainingError
+from fod.errors import DataError, FODError
 from fod.model import FODTransformer
-
-#: Percentiles of the training pixel scores that fix the heat-map colour range.
-PIXEL_PERCENTILES = (1.0, 99.0)
-#: At most this many training pixels enter the percentiles (a regular subsample beyond).
-_MAX_PIXELS = 1 << 24
 
 
 class NotFittedError(FODError, RuntimeError):
@@ -220,45 +215,13 @@ class FOD:
 
     def _calibrate(self, features: list[Tensor]) -> None:
         """Threshold and heat-map range from the training images' own scores."""
-        from fod import distributed
-        from fod.scoring import score_features
+        from fod.scoring import calibrate
 
         self._require_fitted()
-        ctx = distributed.context()  # under torchrun each rank scores its share
-        share = distributed.shard_range(int(features[0].shape[0]), ctx.rank, ctx.world_size)
-        maps, scores = score_features(
-            self.levels,
-            [f[share.start : share.stop] for f in features],
-            self.config.image_size,
-            device=self.device,
-        )
-        maps, scores = distributed.all_gather_rows(maps), distributed.all_gather_rows(scores)
-        s = scores.double().numpy()
-        m = maps.numpy()
-        if not (np.isfinite(s).all() and np.isfinite(m).all()):
-            raise TrainingError(
-                "the trained model scores the training images NaN or infinite, so no threshold "
-                "can be set. Train again with a lower learning rate."
-            )
-        step = 1
-        while m[:, ::step, ::step].size > _MAX_PIXELS:
-            step += 1
-        pixels = m[:, ::step, ::step].ravel()
-        p_lo, p_hi = np.percentile(pixels, PIXEL_PERCENTILES)
-        self.stats = {
-            "num_train": len(s),
-            "train_score_min": float(s.min()),
-            "train_score_mean": float(s.mean()),
-            "train_score_std": float(s.std()),
-            "train_score_p50": float(np.percentile(s, 50)),
-            "train_score_p95": float(np.percentile(s, 95)),
-            "train_score_max": float(s.max()),
-            "pixel_p1": float(p_lo),
-            "pixel_p99": float(p_hi),
-            "threshold_rule": "max of the training images' scores",
-        }
+        assert self.levels is not None
+        self.stats = calibrate(self.levels, features, self.config.image_size, self.device)
         if not self._user_threshold:
-            self.threshold = float(s.max())
+            self.threshold = self.stats["train_score_max"]
 
     # ------------------------------------------------------------------ scoring
 

@@ -7,13 +7,16 @@ from fod.scoring.anomaly_map import (
     gaussian_kernel,
     image_scores,
 )
+from fod.scoring.calibration import PIXEL_PERCENTILES, calibrate
 from fod.scoring.detector import Detector, ScoredSet, level_scores, score_features, score_samples
 
 __all__ = [
     "DEFAULT_SIGMA",
+    "PIXEL_PERCENTILES",
     "Detector",
     "ScoredSet",
     "anomaly_map",
+    "calibrate",
     "gaussian_blur",
     "gaussian_kernel",
     "image_scores",
