@@ -65,6 +65,21 @@ def test_panel_layout_and_image_panel_is_the_input() -> None:
     assert (band < 128).any(), "the score text is drawn in the band"
 
 
+def test_two_panel_mode_is_the_three_panel_picture_without_ground_truth() -> None:
+    """image | heat map: the image and heat-map panels of the full picture, side by side under
+    the same text band, cut to the narrower width."""
+    img = _image()
+    full = overlay_panel(img, _mask(), _heatmap(), score=0.5, title="part 7")
+    two = overlay_panel(img, _mask(), _heatmap(), score=0.5, title="part 7", ground_truth=False)
+    geo = panel_geometry(H, W, has_text=True, panels=2)
+    assert two.shape == geo.shape == (H + text_height(H), 2 * W + 4, 3)
+    three = panel_geometry(H, W, has_text=True)
+    np.testing.assert_array_equal(two[: geo.top], full[: geo.top, : geo.width])
+    body = full[geo.top :]
+    np.testing.assert_array_equal(two[geo.top :, : three.lefts[1]], body[:, : three.lefts[1]])
+    np.testing.assert_array_equal(two[geo.top :, geo.lefts[1] :], body[:, three.lefts[2] :])
+
+
 def test_mask_outline_appears_where_the_mask_is() -> None:
     img, mask = _image(), _mask()
     panel = overlay_panel(img, mask, _heatmap())

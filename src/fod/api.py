@@ -290,21 +290,17 @@ class FOD:
     ) -> np.ndarray:
         """RGB uint8 picture of a prediction: image | heat map (or image | ground truth | heat
         map with ``with_mask``), coloured on the model's fixed heat-map range."""
-        from fod.report import overlay_panel, panel_geometry
+        from fod.report import overlay_panel
 
         size = self.config.image_size
         image = resize_image(load_image(prediction.path), (size, size))
         vmin, vmax = self.heatmap_range
         verdict = "ANOMALOUS" if prediction.anomalous else "normal"
         text = title if title is not None else f"{prediction.path.name}: {verdict}"
-        full = overlay_panel(image, mask, prediction.heatmap, prediction.score, text, vmin, vmax)
-        if with_mask:
-            return full
-        geo = panel_geometry(size, size, has_text=True)
-        left = full[:, : geo.lefts[1]]
-        right = full[:, geo.lefts[2] :].copy()
-        right[: geo.top] = full[: geo.top, geo.lefts[1] : geo.lefts[1] + right.shape[1]]
-        return np.concatenate([left, right], axis=1)
+        return overlay_panel(
+            image, mask, prediction.heatmap, prediction.score, text, vmin, vmax,
+            ground_truth=with_mask,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ test
 

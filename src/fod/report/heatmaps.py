@@ -1,4 +1,4 @@
-"""Heat-map overlays: image | ground truth | heat map, side by side in one RGB array.
+"""Heat-map overlays: image | ground truth | heat map (or image | heat map) in one RGB array.
 
 Panels are drawn with numpy, PIL and matplotlib colormaps only (no pyplot figure), so they are
 fast, thread-safe and leave a user's pyplot state alone. Pass the same ``vmin`` / ``vmax`` for
@@ -24,10 +24,10 @@ BACKGROUND = 255
 
 @dataclass(frozen=True)
 class PanelGeometry:
-    """Where the three panels sit in the array returned by :func:`overlay_panel`."""
+    """Where the panels sit in the array returned by :func:`overlay_panel`."""
 
     top: int  # height of the text band above the panels (0 without text)
-    lefts: tuple[int, int, int]  # first column of the image, ground-truth, heat-map panel
+    lefts: tuple[int, ...]  # first column of each panel: image, [ground truth,] heat map
     height: int
     width: int
 
@@ -45,11 +45,14 @@ def _font_size(image_height: int) -> int:
     return int(np.clip(image_height // 16, 10, 28))
 
 
-def panel_geometry(height: int, width: int, *, has_text: bool, margin: int = 4) -> PanelGeometry:
-    """Layout of a panel for an ``height x width`` image; the three panels are ``margin`` apart."""
+def panel_geometry(
+    height: int, width: int, *, has_text: bool, margin: int = 4, panels: int = 3
+) -> PanelGeometry:
+    """Layout of a panel for an ``height x width`` image: ``panels`` pictures (3 with the
+    ground truth, 2 without) ``margin`` apart."""
     top = text_height(height) if has_text else 0
-    lefts = (0, width + margin, 2 * (width + margin))
-    return PanelGeometry(top, lefts, top + height, 3 * width + 2 * margin)
+    lefts = tuple(i * (width + margin) for i in range(panels))
+    return PanelGeometry(top, lefts, top + height, panels * width + (panels - 1) * margin)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -154,8 +157,10 @@ def overlay_panel(
     cmap: str = "jet",
     alpha: float = 0.5,
     margin: int = 4,
+    ground_truth: bool = True,
 ) -> np.ndarray:
-    """Image | ground truth | heat map over the image, as one RGB uint8 array.
+    """Image | ground truth | heat map over the image, as one RGB uint8 array; with
+    ``ground_truth=False`` image | heat map (for images without labels; ``mask`` is ignored).
 
     With a ``title`` or ``score`` a text band of :func:`text_height` rows is added on top; the
     exact layout is :func:`panel_geometry`. A heat map (or mask) of another size than the image
@@ -179,10 +184,11 @@ def overlay_panel(
     parts = [f"{title}"] if title else []
     if score is not None:
         parts.append(f"score {score:.3f}")
-    geo = panel_geometry(h, w, has_text=bool(parts), margin=margin)
-    out = np.full(geo.shape, BACKGROUND, dtype=np.uint8)
     heat = _blend(img, colorize(hm, vmin, vmax, cmap), alpha)
-    for left, panel in zip(geo.lefts, (img, ground_truth_panel(img, m), heat), strict=True):
+    pictures = (img, ground_truth_panel(img, m), heat) if ground_truth else (img, heat)
+    geo = panel_geometry(h, w, has_text=bool(parts), margin=margin, panels=len(pictures))
+    out = np.full(geo.shape, BACKGROUND, dtype=np.uint8)
+    for left, panel in zip(geo.lefts, pictures, strict=True):
         out[geo.top : geo.top + h, left : left + w] = panel
     if parts:
         band = Image.fromarray(out[: geo.top])
