@@ -351,38 +351,21 @@ class FOD:
         results["seconds"] = seconds
         results["images"] = scored.records()
         if report_dir is not None:
-            self._write_report(Path(report_dir), category, scored, examples, results)
+            from fod.report import write_test_report
+
+            results["report"] = str(
+                write_test_report(
+                    report_dir,
+                    category,
+                    scored,
+                    results["images"],
+                    image_size=self.config.image_size,
+                    examples=examples,
+                    heatmap_range=self.heatmap_range,
+                    history=self.history,
+                )
+            )
         return results
-
-    def _write_report(
-        self, out: Path, category: Category, scored: Any, examples: int, results: dict[str, Any]
-    ) -> None:
-        from fod.report import overlay_panel, plot_losses, save_png, write_csv
-
-        size = self.config.image_size
-        vmin, vmax = self.heatmap_range
-        picked: dict[str, int] = {}
-        for i, sample in enumerate(category.test):
-            kind = sample.defect_type
-            if picked.get(kind, 0) >= examples:
-                continue
-            picked[kind] = picked.get(kind, 0) + 1
-            image = resize_image(load_image(sample.image), (size, size))
-            mask = scored.masks[i] if scored.has_mask[i] else None
-            title = f"{kind}/{sample.image.name}"
-            panel = overlay_panel(
-                image, mask, scored.maps[i], float(scored.scores[i]), title, vmin, vmax
-            )
-            save_png(out / kind / f"{sample.image.stem}.png", panel)
-        columns = ["path", "defect_type", "label", "score"]
-        write_csv(out / "scores.csv", results["images"], columns)
-        if self.history:
-            plot_losses(
-                [{k: v for k, v in h.items() if k != "seconds"} for h in self.history],
-                out / "losses.png",
-                title=f"training loss ({category.name})",
-            )
-        results["report"] = str(out)
 
     # ------------------------------------------------------------------ files
 

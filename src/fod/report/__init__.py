@@ -1,5 +1,6 @@
 """Report: heat-map overlays, result tables (Markdown, CSV, JSON) and loss plots."""
 
+from fod.report.folder import write_test_report
 from fod.report.heatmaps import (
     PanelGeometry,
     colorize,
@@ -47,4 +48,5 @@ __all__ = [
     "to_jsonable",
     "write_csv",
     "write_results",
+    "write_test_report",
 ]
