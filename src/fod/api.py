@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import torch
@@ -34,6 +34,14 @@ from fod.data.images import load_image, resize_image
 from fod.devices import resolve_device
 from fod.errors import DataError, FODError
 from fod.model import FODTransformer
+
+if TYPE_CHECKING:
+    from fod.backbone import FeatureExtractor
+    from fod.scoring import Detector
+
+#: What :meth:`FOD.fit` trains on: a Category, a category folder or a folder of good images,
+#: or a list of image files and folders.
+TrainingData: TypeAlias = Category | str | Path | Sequence[str | Path]
 
 
 class NotFittedError(FODError, RuntimeError):
@@ -53,13 +61,15 @@ class Prediction:
         return {"path": str(self.path), "score": self.score, "anomalous": self.anomalous}
 
 
-def _test_category(data: Any, layout: str | None, require_masks: bool = True) -> Category:
+def _test_category(
+    data: Category | str | Path, layout: str | None, require_masks: bool = True
+) -> Category:
     if isinstance(data, Category):
         return data
     return load_category(data, layout, require_masks=require_masks)
 
 
-def _threshold(value: Any) -> float:
+def _threshold(value: object) -> float:
     """A decision threshold: any finite number (NaN would call every image normal)."""
     from fod.training.finite import is_finite_number
 
@@ -104,9 +114,9 @@ class FOD:
         self._user_threshold = threshold is not None
         self.stats: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
-        self.backbone: Any = None
+        self.backbone: FeatureExtractor | None = None
         self.levels: list[FODTransformer] | None = None
-        self._detector: Any = None
+        self._detector: Detector | None = None
 
     def __repr__(self) -> str:
         state = "fitted" if self.is_fitted else "not fitted"
@@ -128,7 +138,7 @@ class FOD:
             )
 
     @property
-    def detector(self) -> Any:
+    def detector(self) -> Detector:
         """The :class:`~fod.scoring.Detector` (backbone + levels), on this model's device."""
         from fod.scoring import Detector
 
@@ -143,7 +153,7 @@ class FOD:
         """(vmin, vmax) of heat-map colours: percentiles 1 and 99 of training pixel scores."""
         return self.stats.get("pixel_p1"), self.stats.get("pixel_p99")
 
-    def _backbone(self) -> Any:
+    def _backbone(self) -> FeatureExtractor:
         from fod.backbone import create_backbone
 
         if self.backbone is None:
@@ -172,7 +182,7 @@ class FOD:
 
     def fit(
         self,
-        data: Any,
+        data: TrainingData,
         *,
         layout: str | None = None,
         state_path: str | Path | None = None,
@@ -306,7 +316,7 @@ class FOD:
 
     def test(
         self,
-        data: Any,
+        data: Category | str | Path,
         *,
         layout: str | None = None,
         report_dir: str | Path | None = None,
