@@ -28,7 +28,7 @@ from fod.data import Category, load_masks
 from fod.errors import CheckpointError
 from fod.metrics import evaluate
 from fod.scoring.anomaly_map import image_scores
-from fod.training.features import FeatureCache, extract_features
+from fod.training.features import FeatureCache, gathered_features
 
 
 @dataclass
@@ -61,18 +61,12 @@ def category_features(
 ) -> CategoryFeatures:
     """Features of both splits (read from and written to ``cache_dir`` when given) and the
     test labels, masks and defect types."""
-    options = {"device": device, "progress": progress}
-    if cache_dir is not None:
-        cache = FeatureCache(cache_dir)
-        train = cache.features(backbone, category.train, image_size, **options)
-        test = cache.features(backbone, category.test, image_size, **options)
-    else:
-        train = extract_features(backbone, category.train, image_size, **options)
-        test = extract_features(backbone, category.test, image_size, **options)
+    cache = FeatureCache(cache_dir) if cache_dir is not None else None
+    options = {"device": device, "progress": progress, "cache": cache}
     return CategoryFeatures(
         category=category,
-        train=train,
-        test=test,
+        train=gathered_features(backbone, category.train, image_size, **options),
+        test=gathered_features(backbone, category.test, image_size, **options),
         labels=[s.label for s in category.test],
         masks=load_masks(category.test, image_size),
         defect_types=[s.defect_type for s in category.test],
