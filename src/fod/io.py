@@ -30,6 +30,10 @@ import torch
 
 from fod.errors import OutputError
 
+#: Suffixes of the files fod reads as images (lower case). Defined here, below the data
+#: package that lists folders by them, because an output among input images is refused here.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+
 # ------------------------------------------------------------------------ errors in words
 
 _CAUSES: dict[int, tuple[str, str]] = {
@@ -159,8 +163,6 @@ def same_file(a: str | Path, b: str | Path) -> bool:
 def check_not_input(output: str | Path, inputs: Iterable[str | Path], what: str = "") -> None:
     """Refuse to write ``output`` when it is one of ``inputs`` (links resolved): writing it
     would destroy the input. An input folder stands for the images in it."""
-    from fod.data.layouts import IMAGE_EXTENSIONS
-
     output = Path(output).expanduser()
     name = f" ({what})" if what else ""
     for item in inputs:

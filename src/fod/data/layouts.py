@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fod.errors import DataError, option
+from fod.io import IMAGE_EXTENSIONS
 
 __all__ = [
     "GOOD_TYPES",
@@ -40,7 +41,6 @@ __all__ = [
 
 LAYOUTS: tuple[str, ...] = ("mvtec", "btad", "mvtec3d")
 GOOD_TYPES: dict[str, str] = {"mvtec": "good", "btad": "ok", "mvtec3d": "good"}
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
 # Lower-cased folder names people use for defect-free images; any of them where the layout
 # expects "good" / "ok" is an error, since it would otherwise be read as a defect type.
