@@ -204,3 +204,32 @@ def test_plain_mode_gives_the_same_token_scores() -> None:
             again = model.score(features)
         torch.testing.assert_close(plain, fast, rtol=1e-5, atol=1e-6)
         assert torch.equal(again, fast)  # the mode ends with its block
+
+
+def test_many_groups_are_taken_a_few_at_a_time_with_the_same_results(monkeypatch):
+    """40 groups of 35 rows, blocks of 4 groups: values and gradients as in one plain pass."""
+    calls = []
+    apply = correlation._FusedCorrelation.apply
+    monkeypatch.setattr(
+        correlation._FusedCorrelation, "apply", lambda *a: calls.append(a[0].shape) or apply(*a)
+    )
+    torch.manual_seed(3)
+    g, rows, dh = 40, 35, 4
+    inputs = [
+        torch.randn(g, rows, dh, dtype=torch.float64, device=DEVICE),
+        torch.randn(g, rows, dh, dtype=torch.float64, device=DEVICE),
+        torch.randn(g, rows, dh, dtype=torch.float64, device=DEVICE),
+        torch.softmax(torch.randn(g, rows, 5, dtype=torch.float64, device=DEVICE), -1),
+        torch.softmax(torch.randn(g, rows, 7, dtype=torch.float64, device=DEVICE), -1),
+    ]
+    block = 4 * rows * rows  # per_call = block // (keys * min(rows, MIN_BLOCK_ROWS)) = 4
+    results = []
+    for fn in (correlation.fused_correlation, correlation.plain_correlation):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        extra = {"block_elements": block} if fn is correlation.fused_correlation else {}
+        out, div, ent = fn(*leaves, s_div_scale=-1.0, **extra)
+        (out.square().sum() + div.sum() + 0.5 * ent.sum()).backward()
+        results.append([out, div, ent, *(t.grad for t in leaves)])
+    assert calls == [(4, 35, 4)] * 10
+    for fused, plain in zip(*results, strict=True):
+        assert torch.allclose(fused, plain, rtol=1e-9, atol=1e-12)

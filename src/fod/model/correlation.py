@@ -37,6 +37,11 @@ EPS = 1e-4
 # Elements of one (groups x rows x keys) block; about 2 MB in float32, so that the dozen
 # temporaries of a block stay in the last-level cache.
 BLOCK_ELEMENTS = 1 << 19
+# Fewest query rows a block should hold. With many groups (the intra branch of a large batch:
+# batch x heads groups) a block would hold a few rows of every group, and each block's update
+# of dK and dV in the backward pass would sweep the keys of all groups: the groups are then
+# taken a few at a time, so a batch of 8 costs per image what a batch of 1 does, or less.
+MIN_BLOCK_ROWS = 64
 # Set by plain_correlation_mode(): compute with ordinary tensor ops (see plain_correlation).
 _PLAIN = ContextVar("fod_plain_correlation", default=False)
 
@@ -248,9 +253,28 @@ def fused_correlation(
         )
     if _use_plain():
         return plain_correlation(q, k, v, gy, gx, reference_maps, eps, s_div_scale, with_entropy)
-    return _FusedCorrelation.apply(
-        q, k, v, gy, gx, reference_maps, eps, s_div_scale, block_elements, with_entropy
-    )
+    groups, rows = q.shape[0], q.shape[1]
+    per_call = max(1, block_elements // max(1, keys * min(rows, MIN_BLOCK_ROWS)))
+    if groups <= per_call:
+        return _FusedCorrelation.apply(
+            q, k, v, gy, gx, reference_maps, eps, s_div_scale, block_elements, with_entropy
+        )
+    parts = [
+        _FusedCorrelation.apply(
+            q[g : g + per_call],
+            k[g : g + per_call],
+            v[g : g + per_call],
+            gy[g : g + per_call],
+            gx[g : g + per_call],
+            reference_maps,
+            eps,
+            s_div_scale,
+            block_elements,
+            with_entropy,
+        )
+        for g in range(0, groups, per_call)
+    ]
+    return tuple(torch.cat(outputs) for outputs in zip(*parts, strict=True))
 
 
 @_outside_autocast
