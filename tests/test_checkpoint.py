@@ -15,7 +15,7 @@ from fod.io import save_tensors, stamp_problem
 from fod.scoring import Detector
 from fod.training import load_model_file, read_model_file, save_model_file, train
 
-CONFIG = tiny_config(epochs=1, batch_size=2)
+CONFIG = tiny_config(epochs=1, batch_size=2, head="paper", holdout=0.0)
 
 
 @pytest.fixture(scope="module")

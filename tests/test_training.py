@@ -46,8 +46,9 @@ def strip_seconds(history: list[dict]) -> list[dict]:
 # ------------------------------------------------------------------------------- config
 
 
-def test_config_defaults_follow_the_paper() -> None:
-    c = FODConfig()
+def test_paper_preset_follows_the_paper() -> None:
+    c = FODConfig.paper()
+    assert c.head == "paper" and c.holdout == 0.0
     assert c.backbone == "efficientnet_lite2" and c.image_size == 256
     assert c.d_model == (256, 512) and c.heads == 8 and c.num_layers == 3 and c.ffn_ratio == 4
     assert c.epochs == 100 and c.batch_size == 1 and c.lr == 1e-4
@@ -70,6 +71,8 @@ def test_config_round_trip_is_json() -> None:
         "num_layers",
         "ffn_ratio",
         "variant",
+        "head",
+        "head_parts",
     }
 
 

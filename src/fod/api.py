@@ -6,14 +6,15 @@
 >>> preds = model.predict(["a.png", "folder/"])                 # score, decision, heat map
 >>> model.save("bottle.pt"); model = fod.FOD.load("bottle.pt")
 
-Decision threshold: chosen without test labels. After training, the training images are
-scored and the threshold is the largest of their image scores, i.e. the smallest value no
-known-good image exceeded. Scores of unseen good images tend to sit a little higher than
-those of the training images, so expect some false alarms at first; pass ``threshold=`` (to
-the constructor, :meth:`FOD.predict`, or set ``model.threshold``) once you have looked at a few
-scores of your own good and bad parts. The 1st and 99th percentiles of the training images'
-pixel scores are kept too, and fix the colour scale of every heat map (blue: like the good
-training parts; red: above 99 % of their pixels), so heat maps are comparable across images.
+Decision threshold: chosen without test labels. After training, good images are scored and
+the threshold is the largest of their image scores, i.e. the smallest value no known-good
+image exceeded. With the calibrated head (the default) these are the held-out good images,
+which the model never trained on; with the paper's head, the training images themselves
+(whose scores sit a little lower than unseen good images'). Pass ``threshold=`` (to the
+constructor, :meth:`FOD.predict`, or set ``model.threshold``) to choose your own operating
+point. The 1st and 99th percentiles of the same images' pixel scores are kept too, and fix the
+colour scale of every heat map (blue: like good parts; red: above 99 % of their pixels), so
+heat maps are comparable across images.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from fod.model import FODTransformer
 if TYPE_CHECKING:
     from fod.backbone import FeatureExtractor
     from fod.scoring import Detector
+    from fod.scoring.head import CalibratedHead
 
 #: What :meth:`FOD.fit` trains on: a Category, a category folder or a folder of good images,
 #: or a list of image files and folders.
@@ -116,6 +118,7 @@ class FOD:
         self.history: list[dict[str, Any]] = []
         self.backbone: FeatureExtractor | None = None
         self.levels: list[FODTransformer] | None = None
+        self.heads: list[CalibratedHead] | None = None
         self._detector: Detector | None = None
 
     def __repr__(self) -> str:
@@ -144,7 +147,9 @@ class FOD:
 
         self._require_fitted()
         if self._detector is None:
-            self._detector = Detector(self.backbone, self.levels, self.config.image_size)
+            self._detector = Detector(
+                self.backbone, self.levels, self.config.image_size, heads=self.heads
+            )
             self._detector.to(self.device)
         return self._detector
 
@@ -197,7 +202,7 @@ class FOD:
         """
         from fod import distributed
         from fod.io import check_not_input, check_writable
-        from fod.training import train
+        from fod.training import fit
 
         _, samples = training_samples(data, layout)
 
@@ -212,24 +217,31 @@ class FOD:
         t0 = time.perf_counter()
         features = self.features(samples)
         seconds_features = time.perf_counter() - t0
-        result = train(
+        result = fit(
             self.config, features, state_path, resume, self.progress, self.device, self.precision
         )
         self.levels = result.models
+        self.heads = result.heads
         self.history = result.history
         self._detector = None
-        self._calibrate(features)
+        self._calibrate(result.holdout if result.heads is not None else features)
+        held = int(result.holdout[0].shape[0]) if result.holdout else 0
+        self.stats["num_train"] = int(features[0].shape[0]) - held
+        self.stats["num_holdout"] = held
         self.stats["feature_seconds"] = seconds_features
         self.stats["train_seconds"] = float(sum(h.get("seconds", 0.0) for h in self.history))
         return self
 
     def _calibrate(self, features: list[Tensor]) -> None:
-        """Threshold and heat-map range from the training images' own scores."""
+        """Threshold and heat-map range from good images' scores: the held-out ones with the
+        calibrated head, the training images with the paper's."""
         from fod.scoring import calibrate
 
         self._require_fitted()
         assert self.levels is not None
-        self.stats = calibrate(self.levels, features, self.config.image_size, self.device)
+        self.stats = calibrate(
+            self.levels, features, self.config.image_size, self.device, heads=self.heads
+        )
         if not self._user_threshold:
             self.threshold = self.stats["train_score_max"]
 
@@ -395,6 +407,7 @@ class FOD:
             threshold=self.threshold,
             stats=self.stats,
             history=self.history,
+            heads=self.heads,
         )
 
     @classmethod
@@ -415,6 +428,7 @@ class FOD:
         config, backbone, levels, meta = load_model_file(path, dev, requested or None)
         model = cls(config, device=dev, threshold=threshold, progress=progress)
         model.backbone, model.levels = backbone, levels
+        model.heads = meta["heads"]
         model.stats = meta["stats"]
         model.history = meta["history"]
         if threshold is None:

@@ -2,13 +2,22 @@
 
 The config travels inside every model file and training state, so a model can always say how
 it was made, and a file made for one configuration is refused by code expecting another
-(:meth:`FODConfig.model_signature`). Defaults follow the paper (spec sections 2 to 5):
-d = 256 / 512 for the stride-8 / stride-16 level, 3 layers, 8 heads, FFN 4d, Adam at 1e-4,
-batch size 1, 100 epochs, lambda1 = lambda2 = 0.5, seed 3407.
+(:meth:`FODConfig.model_signature`).
+
+Two presets (:data:`PRESETS`):
+
+- ``default`` (the field defaults): the FOD transformer at a size a laptop CPU trains in
+  minutes, scored by the calibrated head (:mod:`fod.scoring.head`), with a slice of the good
+  images held out to calibrate it;
+- ``paper``: the paper exactly (spec sections 2 to 6): d = 256 / 512 for the stride-8 /
+  stride-16 level, 3 layers, 8 heads, FFN 4d, Adam at 1e-4, batch size 1, 100 epochs,
+  lambda1 = lambda2 = 0.5, seed 3407, the paper's token score, every good image trained on.
 
 >>> cfg = FODConfig(image_size=128, epochs=5)
 >>> FODConfig.from_dict(cfg.to_dict()) == cfg
 True
+>>> FODConfig.paper().head
+'paper'
 """
 
 from __future__ import annotations
@@ -32,9 +41,24 @@ SIGNATURE_KEYS: tuple[str, ...] = (
     "num_layers",
     "ffn_ratio",
     "variant",
+    "head",
+    "head_parts",
 )
 #: Keys that only steer training; a resumed run must keep them (except ``epochs``).
-TRAINING_KEYS: tuple[str, ...] = ("epochs", "batch_size", "lr", "lambda1", "lambda2", "seed")
+TRAINING_KEYS: tuple[str, ...] = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "lambda1",
+    "lambda2",
+    "seed",
+    "holdout",
+    "bank_size",
+)
+#: How token scores are made: the paper's (spec section 6) or the calibrated head.
+HEADS: tuple[str, ...] = ("calibrated", "paper")
+#: Parts the calibrated head can sum (see fod.scoring.head).
+HEAD_PARTS: tuple[str, ...] = ("residual", "feature", "nearest", "paper")
 #: Smallest image side: the stride-16 level needs at least 2 x 2 tokens.
 MIN_IMAGE_SIZE = 32
 #: Images per forward pass where no gradient flows (backbone features, scoring of features):
@@ -79,17 +103,26 @@ class FODConfig:
     weights: str | None = None
     layers: tuple[int, ...] | None = None
     image_size: int = 256
-    d_model: tuple[int, ...] = (256, 512)
-    heads: int = 8
-    num_layers: int = 3
+    d_model: tuple[int, ...] = (64, 128)
+    heads: int = 4
+    num_layers: int = 2
     ffn_ratio: int = 4
     variant: Variant = field(default_factory=Variant)
-    epochs: int = 100
-    batch_size: int = 1
-    lr: float = 1e-4
+    head: str = "calibrated"
+    head_parts: tuple[str, ...] = ("residual", "nearest")
+    epochs: int = 4
+    batch_size: int = 8
+    lr: float = 1e-3
     lambda1: float = 0.5
     lambda2: float = 0.5
     seed: int = 3407
+    holdout: float = 0.2
+    bank_size: int = 16384
+
+    @classmethod
+    def paper(cls, **changes: Any) -> FODConfig:
+        """The paper's model, schedule and score (spec sections 2 to 6), then ``changes``."""
+        return cls(**{**PAPER, **changes})
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -140,6 +173,28 @@ class FODConfig:
                 raise ConfigError(f"invalid variant {dict(self.variant)!r}: {exc}") from exc
         elif not isinstance(self.variant, Variant):
             raise ConfigError(f"variant must be a fod.model.Variant, got {self.variant!r}")
+        if self.head not in HEADS:
+            raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        parts = (self.head_parts,) if isinstance(self.head_parts, str) else self.head_parts
+        if not isinstance(parts, Sequence) or not parts:
+            raise ConfigError(f"head_parts must be a list of parts, got {self.head_parts!r}")
+        wrong = [p for p in parts if p not in HEAD_PARTS]
+        if wrong or len(set(parts)) != len(parts):
+            raise ConfigError(
+                f"head_parts {list(parts)}: each part once, from {', '.join(HEAD_PARTS)}"
+            )
+        put("head_parts", tuple(p for p in HEAD_PARTS if p in parts))
+        if not isinstance(self.holdout, (int, float)) or isinstance(self.holdout, bool) or not (
+            0.0 <= float(self.holdout) < 1.0
+        ):
+            raise ConfigError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
+        put("holdout", float(self.holdout))
+        if self.head == "calibrated" and self.holdout <= 0:
+            raise ConfigError(
+                "the calibrated head needs held-out good images: holdout must be > 0 "
+                "(e.g. 0.2), or use the paper's head"
+            )
+        _positive_int("bank_size", self.bank_size)
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
         put("lr", _finite("lr", self.lr, positive=True))
@@ -170,6 +225,7 @@ class FODConfig:
         out = asdict(self)
         out["variant"] = self.variant.to_dict()
         out["d_model"] = list(self.d_model)
+        out["head_parts"] = list(self.head_parts)
         out["layers"] = None if self.layers is None else list(self.layers)
         return out
 
@@ -205,6 +261,39 @@ class FODConfig:
             if key in theirs and comparable(mine[key]) != comparable(theirs[key]):
                 out[key] = (comparable(mine[key]), comparable(theirs[key]))
         return out
+
+
+#: The paper's settings (spec sections 2 to 6), over the field defaults.
+PAPER: dict[str, Any] = {
+    "d_model": (256, 512),
+    "heads": 8,
+    "num_layers": 3,
+    "head": "paper",
+    "head_parts": ("paper",),
+    "epochs": 100,
+    "batch_size": 1,
+    "lr": 1e-4,
+    "holdout": 0.0,
+}
+#: Named starting points of a config: ``fod train --preset NAME``.
+PRESETS: dict[str, dict[str, Any]] = {"default": {}, "paper": PAPER}
+
+
+def preset_config(name: str) -> FODConfig:
+    """The config of preset ``name`` (see :data:`PRESETS`)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return FODConfig(**PRESETS[name])
+
+
+def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored config dict from before the calibrated head: the keys it lacks take the
+    values every model had then (the paper's head, no held-out images)."""
+    out = dict(data)
+    if "head" not in out:
+        out.update(head="paper", head_parts=["paper"], holdout=0.0)
+        out.setdefault("bank_size", FODConfig.__dataclass_fields__["bank_size"].default)
+    return out
 
 
 def make_config(base: FODConfig | Mapping[str, Any] | None = None, **options: Any) -> FODConfig:
@@ -258,8 +347,12 @@ def _refuse_unknown(keys: Iterable[Any], known: Sequence[str], what: str, listin
 
 
 __all__ = [
+    "HEADS",
+    "HEAD_PARTS",
     "INFERENCE_BATCH_SIZE",
     "MIN_IMAGE_SIZE",
+    "PAPER",
+    "PRESETS",
     "SIGNATURE_KEYS",
     "TRAINING_KEYS",
     "ConfigError",
@@ -267,5 +360,7 @@ __all__ = [
     "check_keys",
     "comparable",
     "config_keys",
+    "legacy_config",
     "make_config",
+    "preset_config",
 ]

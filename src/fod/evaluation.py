@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from fod.backbone import FeatureExtractor
-from fod.config import FODConfig
+from fod.config import FODConfig, legacy_config
 from fod.data import Category, load_masks
 from fod.errors import CheckpointError
 from fod.metrics import evaluate
@@ -82,7 +82,7 @@ def load_run_result(path: str | Path, config: FODConfig, key: str, what: str) ->
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        stored = FODConfig.from_dict(data["config"])
+        stored = FODConfig.from_dict(legacy_config(data["config"]))
         value = data[key]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(

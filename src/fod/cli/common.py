@@ -39,6 +39,10 @@ _CONFIG_OPTIONS = {
     "reference": "reference",
     "coreset_size": "coreset_size",
     "score": "score",
+    "head": "head",
+    "head_parts": "head_parts",
+    "holdout": "holdout",
+    "bank_size": "bank_size",
 }
 
 
@@ -103,11 +107,19 @@ def add_quiet_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
-    """Backbone, model, variant and training options (all default to the paper's values)."""
-    from fod.config import FODConfig
+    """Preset, backbone, model, variant, head and training options (defaults: the preset's)."""
+    from fod.config import HEAD_PARTS, HEADS, PRESETS, FODConfig
 
     d = FODConfig()
+    p = FODConfig.paper()
     v = d.variant
+    parser.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        help="starting point of every setting below: default (a small FOD transformer that "
+        "trains in minutes on a CPU, scored by the calibrated head) or paper (the paper's "
+        "model, schedule and score exactly); options given explicitly override it",
+    )
     g = parser.add_argument_group("backbone")
     g.add_argument("--backbone", help=f"timm model name (default: {d.backbone})")
     g.add_argument(
@@ -131,10 +143,17 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         nargs="+",
         metavar="D",
-        help=f"transformer width per level (default: {' '.join(map(str, d.d_model))})",
+        help=f"transformer width per level (default: {' '.join(map(str, d.d_model))}; "
+        f"paper: {' '.join(map(str, p.d_model))})",
     )
-    g.add_argument("--heads", type=int, help=f"attention heads (default: {d.heads})")
-    g.add_argument("--num-layers", type=int, help=f"encoder layers (default: {d.num_layers})")
+    g.add_argument(
+        "--heads", type=int, help=f"attention heads (default: {d.heads}; paper: {p.heads})"
+    )
+    g.add_argument(
+        "--num-layers",
+        type=int,
+        help=f"encoder layers (default: {d.num_layers}; paper: {p.num_layers})",
+    )
     g.add_argument("--ffn-ratio", type=int, help=f"FFN width / d (default: {d.ffn_ratio})")
     g = parser.add_argument_group("variant (the paper's ablation switches)")
     g.add_argument("--no-intra", action="store_true", help="switch off the intra branch")
@@ -158,10 +177,42 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="apply the attention output projection (the authors' code discards it)",
     )
+    g = parser.add_argument_group("scoring head")
+    g.add_argument(
+        "--head",
+        choices=HEADS,
+        help=f"token scores: calibrated (parts standardised on held-out good images) or "
+        f"paper (spec section 6) (default: {d.head}; paper: {p.head})",
+    )
+    g.add_argument(
+        "--head-parts",
+        nargs="+",
+        choices=HEAD_PARTS,
+        metavar="PART",
+        help=f"parts the calibrated head sums, from {', '.join(HEAD_PARTS)} "
+        f"(default: {' '.join(d.head_parts)})",
+    )
+    g.add_argument(
+        "--holdout",
+        type=float,
+        help=f"fraction of the good images held out to calibrate the head and the threshold "
+        f"(default: {d.holdout:g}; paper: {p.holdout:g})",
+    )
+    g.add_argument(
+        "--bank-size",
+        type=int,
+        help=f"good tokens per level in the nearest part's memory bank (default: {d.bank_size})",
+    )
     g = parser.add_argument_group("training")
-    g.add_argument("--epochs", type=int, help=f"default: {d.epochs}")
-    g.add_argument("--batch-size", type=int, help=f"default: {d.batch_size}")
-    g.add_argument("--lr", type=finite_float, help=f"Adam learning rate (default: {d.lr:g})")
+    g.add_argument("--epochs", type=int, help=f"default: {d.epochs}; paper: {p.epochs}")
+    g.add_argument(
+        "--batch-size", type=int, help=f"default: {d.batch_size}; paper: {p.batch_size}"
+    )
+    g.add_argument(
+        "--lr",
+        type=finite_float,
+        help=f"Adam learning rate (default: {d.lr:g}; paper: {p.lr:g})",
+    )
     g.add_argument("--lambda1", type=finite_float, help=f"Div weight (default: {d.lambda1:g})")
     g.add_argument("--lambda2", type=finite_float, help=f"entropy weight (default: {d.lambda2:g})")
     g.add_argument("--seed", type=int, help=f"default: {d.seed}")
@@ -198,9 +249,11 @@ def config_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """A validated FODConfig from the training options (ConfigError on bad values)."""
-    from fod.config import make_config
+    from fod.config import make_config, preset_config
 
-    return make_config(None, **config_options(args))
+    preset = getattr(args, "preset", None)
+    base = preset_config(preset) if preset else None
+    return make_config(base, **config_options(args))
 
 
 def state_path_for(model_path: str | Path) -> Path:

@@ -1,8 +1,10 @@
-"""Calibration on the training images: the decision threshold and the heat-map colour range.
+"""Calibration on good images: the decision threshold and the heat-map colour range.
 
-After training, the training images are scored. The threshold is the largest of their image
-scores (the smallest value no known-good image exceeded), so it is chosen without test labels;
-the 1st and 99th percentiles of their pixel scores fix the colour scale of every heat map.
+After training, good images are scored: the held-out ones with the calibrated head (the model
+never trained on them), the training images with the paper's. The threshold is the largest of
+their image scores (the smallest value no known-good image exceeded), so it is chosen without
+test labels; the 1st and 99th percentiles of their pixel scores fix the colour scale of every
+heat map.
 Under torchrun each rank scores its share of the images and the shares are gathered.
 
 >>> stats = calibrate(levels, train_features, image_size=256)
@@ -22,13 +24,16 @@ from fod import distributed
 from fod.errors import TrainingError
 from fod.model import FODTransformer
 from fod.scoring.detector import score_features
+from fod.scoring.head import CalibratedHead
 
 #: Percentiles of the training pixel scores that fix the heat-map colour range.
 PIXEL_PERCENTILES = (1.0, 99.0)
 #: At most this many training pixels enter the percentiles (a regular subsample beyond).
 MAX_PIXELS = 1 << 24
-#: How the threshold is chosen, stored with the statistics.
+#: How the threshold is chosen, stored with the statistics: with the paper's head, and with
+#: the calibrated head.
 THRESHOLD_RULE = "max of the training images' scores"
+HELD_OUT_THRESHOLD_RULE = "max of the held-out good images' scores"
 
 
 def calibrate(
@@ -36,6 +41,7 @@ def calibrate(
     features: Sequence[Tensor],
     image_size: int,
     device: str | torch.device = "cpu",
+    heads: Sequence[CalibratedHead] | None = None,
 ) -> dict[str, Any]:
     """Statistics of the training images' scores: counts, image-score summary (its maximum,
     ``train_score_max``, is the threshold) and the pixel percentiles ``pixel_p1`` /
@@ -43,7 +49,11 @@ def calibrate(
     ctx = distributed.context()
     share = distributed.shard_range(int(features[0].shape[0]), ctx.rank, ctx.world_size)
     maps, scores = score_features(
-        levels, [f[share.start : share.stop] for f in features], image_size, device=device
+        levels,
+        [f[share.start : share.stop] for f in features],
+        image_size,
+        device=device,
+        heads=heads,
     )
     maps, scores = distributed.all_gather_rows(maps), distributed.all_gather_rows(scores)
     s = scores.double().numpy()
@@ -68,8 +78,14 @@ def calibrate(
         "train_score_max": float(s.max()),
         "pixel_p1": float(p_lo),
         "pixel_p99": float(p_hi),
-        "threshold_rule": THRESHOLD_RULE,
+        "threshold_rule": THRESHOLD_RULE if heads is None else HELD_OUT_THRESHOLD_RULE,
     }
 
 
-__all__ = ["MAX_PIXELS", "PIXEL_PERCENTILES", "THRESHOLD_RULE", "calibrate"]
+__all__ = [
+    "HELD_OUT_THRESHOLD_RULE",
+    "MAX_PIXELS",
+    "PIXEL_PERCENTILES",
+    "THRESHOLD_RULE",
+    "calibrate",
+]

@@ -1,7 +1,8 @@
 """The whole scorer as one module: images -> heat maps and image scores.
 
 ``Detector`` chains the frozen backbone, the per-level FOD transformers, their token scores
-(spec section 6), the upsampled average and the blurred maximum. It is a plain ``nn.Module``
+(the paper's, spec section 6, or a :class:`~fod.scoring.head.CalibratedHead` per level), the
+upsampled average and the blurred maximum. It is a plain ``nn.Module``
 with a tensor-only forward, so the same object scores a test set, serves the Python API and
 is what gets exported.
 
@@ -23,19 +24,44 @@ from tqdm.auto import tqdm
 from fod.backbone import FeatureExtractor
 from fod.config import INFERENCE_BATCH_SIZE
 from fod.data import ImageDataset, Sample
-from fod.model import FODTransformer
+from fod.model import FODOutput, FODTransformer
+from fod.model.scores import score_branches
 from fod.scoring.anomaly_map import DEFAULT_SIGMA, anomaly_map, image_scores
+from fod.scoring.head import CalibratedHead
 
 
-def level_scores(levels: Sequence[FODTransformer], features: Sequence[Tensor]) -> list[Tensor]:
-    """(B, H_l, W_l) token scores of each level for its (B, C_l, H_l, W_l) features."""
+def head_scores(model: FODTransformer, head: CalibratedHead, features: Tensor) -> Tensor:
+    """(B, H, W) calibrated scores; the transformer runs only when a part needs its output."""
+    if head.needs_model:
+        branches = score_branches(model.variant) if "paper" in head.parts else frozenset()
+        output = model(features, div_branches=branches, entropy=False)
+    else:
+        tokens = features.flatten(2).transpose(1, 2)
+        output = FODOutput(tokens, tokens)
+    return head(output)
+
+
+def level_scores(
+    levels: Sequence[FODTransformer],
+    features: Sequence[Tensor],
+    heads: Sequence[CalibratedHead] | None = None,
+) -> list[Tensor]:
+    """(B, H_l, W_l) token scores of each level for its (B, C_l, H_l, W_l) features: the
+    paper's (``heads`` None) or each level's calibrated head."""
     if len(levels) != len(features):
         raise ValueError(f"{len(levels)} level models but {len(features)} feature levels")
-    return [model.score(f) for model, f in zip(levels, features, strict=True)]
+    if heads is None:
+        return [model.score(f) for model, f in zip(levels, features, strict=True)]
+    if len(heads) != len(levels):
+        raise ValueError(f"{len(heads)} heads for {len(levels)} levels")
+    return [
+        head_scores(model, head, f) for model, head, f in zip(levels, heads, features, strict=True)
+    ]
 
 
 class Detector(nn.Module):
-    """Backbone + one FOD transformer per level -> ``(maps (B, S, S), scores (B,))``.
+    """Backbone + one FOD transformer (and optionally one calibrated head) per level ->
+    ``(maps (B, S, S), scores (B,))``.
 
     Always in eval mode and without gradients: it is for scoring, training works on cached
     features (:mod:`fod.training`).
@@ -47,8 +73,11 @@ class Detector(nn.Module):
         levels: Sequence[FODTransformer],
         image_size: int,
         sigma: float = DEFAULT_SIGMA,
+        heads: Sequence[CalibratedHead] | None = None,
     ) -> None:
         super().__init__()
+        if heads is not None and len(heads) != len(levels):
+            raise ValueError(f"{len(heads)} heads for {len(levels)} level models")
         if len(levels) != len(backbone.channels):
             raise ValueError(
                 f"{len(levels)} level models for a backbone with {len(backbone.channels)} levels"
@@ -61,6 +90,7 @@ class Detector(nn.Module):
                 )
         self.backbone = backbone
         self.levels = nn.ModuleList(levels)
+        self.heads = nn.ModuleList(heads) if heads is not None else None
         self.image_size = int(image_size)
         self.sigma = float(sigma)
         self.train(False)
@@ -72,7 +102,8 @@ class Detector(nn.Module):
     @torch.no_grad()
     def score_features(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """Backbone features (one (B, C_l, H_l, W_l) per level) -> (maps, scores)."""
-        maps = anomaly_map(level_scores(list(self.levels), features), self.image_size)
+        heads = list(self.heads) if self.heads is not None else None
+        maps = anomaly_map(level_scores(list(self.levels), features, heads), self.image_size)
         return maps, image_scores(maps, self.sigma)
 
     @torch.no_grad()
@@ -97,16 +128,17 @@ def score_features(
     batch_size: int = INFERENCE_BATCH_SIZE,
     device: str | torch.device = "cpu",
     sigma: float = DEFAULT_SIGMA,
+    heads: Sequence[CalibratedHead] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Maps (N, S, S) and scores (N,) of precomputed features, batch by batch, on the CPU.
 
-    Used to calibrate on the training images without running the backbone again.
+    Used to calibrate on good images without running the backbone again.
     """
     n = int(features[0].shape[0])
     maps, scores = [], []
     for first in range(0, n, max(1, batch_size)):
         batch = [f[first : first + batch_size].to(device) for f in features]
-        m = anomaly_map(level_scores(levels, batch), image_size)
+        m = anomaly_map(level_scores(levels, batch, heads), image_size)
         maps.append(m.cpu())
         scores.append(image_scores(m, sigma).cpu())
     return torch.cat(maps), torch.cat(scores)
@@ -182,4 +214,11 @@ def score_samples(
     )
 
 
-__all__ = ["Detector", "ScoredSet", "level_scores", "score_features", "score_samples"]
+__all__ = [
+    "Detector",
+    "ScoredSet",
+    "head_scores",
+    "level_scores",
+    "score_features",
+    "score_samples",
+]

@@ -10,17 +10,21 @@ from fod.training.checkpoint import (
     save_model_file,
 )
 from fod.training.features import FeatureCache, extract_features, feature_key
+from fod.training.fit import FitResult, fit, holdout_split
 from fod.training.trainer import TrainResult, build_models, read_state, train
 
 __all__ = [
     "MODEL_FORMAT",
     "MODEL_VERSION",
     "FeatureCache",
+    "FitResult",
     "TrainResult",
     "build_models",
     "check_model_target",
     "extract_features",
     "feature_key",
+    "fit",
+    "holdout_split",
     "load_model_file",
     "read_model_file",
     "read_state",

@@ -26,10 +26,11 @@ from torch import Tensor
 
 from fod._version import __version__
 from fod.backbone import FeatureExtractor, create_backbone
-from fod.config import SIGNATURE_KEYS, FODConfig, comparable
+from fod.config import SIGNATURE_KEYS, FODConfig, comparable, legacy_config
 from fod.errors import CheckpointError, FODWarning, OutputError, TrainingError, option
 from fod.io import UnsafeFileError, load_tensors, save_tensors, stamp_problem
 from fod.model import FODTransformer, LevelSpec
+from fod.scoring.head import CalibratedHead
 from fod.training.finite import is_finite_number, nonfinite
 from fod.training.trainer import STATE_FORMAT
 
@@ -70,12 +71,18 @@ def save_model_file(
     threshold: float,
     stats: Mapping[str, Any] | None = None,
     history: Sequence[Mapping[str, Any]] | None = None,
+    heads: Sequence[CalibratedHead] | None = None,
 ) -> Path:
     """Write a model file atomically; ``stats`` are the normal-score statistics (see
     :class:`fod.api.FOD`)."""
     path = Path(path)
     bad = nonfinite(
         (f"level {i} {k}", v) for i, m in enumerate(levels) for k, v in m.state_dict().items()
+    )
+    bad += nonfinite(
+        (f"level {i} head {k}", v)
+        for i, h in enumerate(heads or [])
+        for k, v in h.state_dict().items()
     )
     if bad or not is_finite_number(threshold):
         what = f"non-finite weights ({', '.join(bad[:3])})" if bad else f"threshold {threshold}"
@@ -84,6 +91,19 @@ def save_model_file(
             "Train again with a lower learning rate."
         )
     describe = backbone.describe() if isinstance(backbone, FeatureExtractor) else dict(backbone)
+    if (config.head == "calibrated") != (heads is not None):
+        raise ValueError(f"config head {config.head!r} but heads given: {heads is not None}")
+    if heads is not None and len(heads) != len(levels):
+        raise ValueError(f"{len(heads)} heads for {len(levels)} levels")
+    entries = []
+    for i, m in enumerate(levels):
+        entry = {
+            "spec": m.spec.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in m.state_dict().items()},
+        }
+        if heads is not None:
+            entry["head"] = {k: v.detach().cpu() for k, v in heads[i].state_dict().items()}
+        entries.append(entry)
     payload = {
         "format": MODEL_FORMAT,
         "version": MODEL_VERSION,
@@ -91,13 +111,7 @@ def save_model_file(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": config.to_dict(),
         "backbone": describe,
-        "levels": [
-            {
-                "spec": m.spec.to_dict(),
-                "state_dict": {k: v.detach().cpu() for k, v in m.state_dict().items()},
-            }
-            for m in levels
-        ],
+        "levels": entries,
         "threshold": float(threshold),
         "stats": dict(stats or {}),
         "history": list(history or []),
@@ -237,6 +251,28 @@ def _check_backbone(path: Path, stored: Mapping[str, Any], backbone: FeatureExtr
         )
 
 
+def _build_heads(path: Path, config: FODConfig, entries: Any) -> list[CalibratedHead] | None:
+    """Each level's calibrated head (None for the paper's head)."""
+    if config.head != "calibrated":
+        return None
+    heads = []
+    for i, entry in enumerate(entries):
+        try:
+            spec = LevelSpec.from_dict(entry["spec"])
+            state = entry["head"]
+            heads.append(
+                CalibratedHead.from_state_dict(
+                    state, config.head_parts, config.variant, spec.height, spec.width
+                )
+            )
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise CheckpointError(
+                f"{path}: level {i}'s calibrated head does not match the stored config ({exc}). "
+                "The file is corrupt or was edited; retrain with `fod train`."
+            ) from exc
+    return heads
+
+
 def _build_levels(
     path: Path, config: FODConfig, entries: Any, grid: list[tuple[int, int]] | None
 ) -> list[FODTransformer]:
@@ -291,13 +327,14 @@ def load_model_file(
     ``requested``: settings the caller asked for (a config, or a dict of only the keys the user
     gave, e.g. ``{"image_size": 128}``); any that differ from the stored ones are refused,
     naming the keys. ``meta`` has ``threshold``, ``stats``, ``history``, ``backbone``,
-    ``fod_version``, ``created``, ``extra`` and ``path``. ``build_backbone=False`` skips
+    ``fod_version``, ``created``, ``path`` and ``heads`` (the calibrated heads, or
+    None for the paper's head). ``build_backbone=False`` skips
     rebuilding the backbone (returned as None) and the grid check that needs it.
     """
     path = Path(path).expanduser()
     data = read_model_file(path)
     try:
-        config = FODConfig.from_dict(data["config"])
+        config = FODConfig.from_dict(legacy_config(data["config"]))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the stored config is invalid ({exc}); retrain.") from exc
     _check_requested(path, config, requested)
@@ -311,6 +348,9 @@ def load_model_file(
         grid = [(int(m.shape[-2]), int(m.shape[-1])) for m in probe]
         backbone.to(device)
     levels = [m.to(device) for m in _build_levels(path, config, data["levels"], grid)]
+    heads = _build_heads(path, config, data["levels"])
+    if heads is not None:
+        heads = [h.to(device) for h in heads]
     threshold = data.get("threshold")
     if not is_finite_number(threshold):
         raise CheckpointError(
@@ -325,6 +365,7 @@ def load_model_file(
         "backbone": dict(data["backbone"]),
         "fod_version": data.get("fod_version"),
         "created": data.get("created"),
+        "heads": heads,
     }
     return config, backbone, levels, meta
 

@@ -30,7 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from fod import distributed
-from fod.config import SIGNATURE_KEYS, TRAINING_KEYS, FODConfig
+from fod.config import SIGNATURE_KEYS, TRAINING_KEYS, FODConfig, legacy_config
 from fod.errors import CheckpointError, DataError, TrainingError, option
 from fod.io import UnsafeFileError, load_tensors, save_tensors, stamp_problem
 from fod.model import FODTransformer, LevelSpec, coreset_reference, fod_objective, mean_reference
@@ -170,8 +170,9 @@ def _check_state(
     path: Path, state: dict[str, Any], config: FODConfig, models: list[FODTransformer], n: int
 ) -> None:
     """Refuse a state made for another config or other training images."""
-    diff = config.differences(state["config"], SIGNATURE_KEYS)
-    diff.update(config.differences(state["config"], [k for k in TRAINING_KEYS if k != "epochs"]))
+    stored = legacy_config(state["config"])
+    diff = config.differences(stored, SIGNATURE_KEYS)
+    diff.update(config.differences(stored, [k for k in TRAINING_KEYS if k != "epochs"]))
     if diff:
         detail = "; ".join(f"{k}: state {v[1]!r}, now {v[0]!r}" for k, v in diff.items())
         raise CheckpointError(

@@ -114,9 +114,11 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
     state.unlink(missing_ok=True)
     stats = model.stats
     where = f"{model.device} x {ctx.world_size} processes" if ctx.enabled else f"{model.device}"
+    held = stats.get("num_holdout", 0)
     print(
         f"trained on {stats['num_train']} images for {config.epochs} epoch(s) "
-        f"({stats['train_seconds']:.1f} s on {where}); threshold {model.threshold:.6g} "
-        f"(max training score); model written to {out}"
+        f"({stats['train_seconds']:.1f} s on {where})"
+        + (f", calibrated on {held} held-out good images" if held else "")
+        + f"; threshold {model.threshold:.6g} ({stats['threshold_rule']}); model written to {out}"
     )
     return 0

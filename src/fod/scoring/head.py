@@ -1,0 +1,187 @@
+"""The calibrated head: token scores measured against good images' own variability.
+
+The paper's score (spec section 6) multiplies a Euclidean reconstruction error by an
+attention factor. :class:`CalibratedHead` replaces it, per level, by a sum of parts, each
+standardised by its mean and spread over held-out good images (never the training images:
+a nearest-patch distance of a training image to a bank that holds it is zero):
+
+- ``residual``: Mahalanobis distance of the transformer's discrepancy ``x - x_hat`` under a
+  per-position Gaussian of good images' discrepancies (shrunk towards a shared covariance);
+- ``feature``: the same Gaussian on the features ``x`` themselves (no transformer);
+- ``nearest``: distance of ``x`` to the nearest token of a memory bank of good tokens;
+- ``paper``: the paper's token score for the model's variant.
+
+Standardising each part makes them addable and the levels comparable (the image score and the
+heat map average levels). All statistics are buffers, so a head saves with ``state_dict`` and
+exports with the rest of the :class:`~fod.scoring.Detector`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from fod.model import FODOutput, Variant, token_scores
+from fod.scoring.normality import fit_gaussian, mahalanobis, memory_bank, nearest_distance
+
+#: The parts a calibrated head can sum, in a fixed order.
+PARTS = ("residual", "feature", "nearest", "paper")
+#: Parts that need the transformer's output (the others use the features alone).
+MODEL_PARTS = frozenset({"residual", "paper"})
+
+
+def check_parts(parts: Sequence[str]) -> tuple[str, ...]:
+    """``parts`` in :data:`PARTS` order; unknown, repeated or no parts are an error."""
+    parts = tuple(parts)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts or len(set(parts)) != len(parts):
+        raise ValueError(
+            f"head parts must be a non-empty set of {', '.join(PARTS)}; got {list(parts)}"
+        )
+    return tuple(p for p in PARTS if p in parts)
+
+
+class CalibratedHead(nn.Module):
+    """One level's calibrated token score: ``sum_p (s_p - center_p) / scale_p``.
+
+    Build it with :func:`fit_head`; an empty one (zeros) of the right shapes is what
+    :meth:`from_state_dict` fills when a model file is loaded.
+    """
+
+    def __init__(
+        self,
+        parts: Sequence[str],
+        variant: Variant,
+        tokens: int,
+        channels: int,
+        bank_size: int = 0,
+        height: int = 1,
+        width: int = 1,
+    ) -> None:
+        super().__init__()
+        self.parts = check_parts(parts)
+        self.variant = variant
+        self.height, self.width = int(height), int(width)
+        if tokens != self.height * self.width:
+            raise ValueError(f"{tokens} tokens do not fill a {height} x {width} grid")
+        for name in ("residual", "feature"):
+            if name in self.parts:
+                self.register_buffer(f"{name}_mean", torch.zeros(tokens, channels))
+                self.register_buffer(f"{name}_precision", torch.zeros(tokens, channels, channels))
+        if "nearest" in self.parts:
+            if bank_size < 1:
+                raise ValueError("the nearest part needs a memory bank of at least one token")
+            self.register_buffer("bank", torch.zeros(bank_size, channels))
+        self.register_buffer("center", torch.zeros(len(self.parts)))
+        self.register_buffer("scale", torch.ones(len(self.parts)))
+
+    @property
+    def needs_model(self) -> bool:
+        return any(p in MODEL_PARTS for p in self.parts)
+
+    def part_scores(self, output: FODOutput, paper: Tensor | None = None) -> list[Tensor]:
+        """Raw (B, L) score of each part, in :attr:`parts` order (``paper``: the paper part's
+        scores when already computed; otherwise ``output`` needs the score's Div fields)."""
+        x = output.tokens
+        out = []
+        for part in self.parts:
+            if part == "residual":
+                r = x - output.reconstruction
+                out.append(mahalanobis(r, self.residual_mean, self.residual_precision))
+            elif part == "feature":
+                out.append(mahalanobis(x, self.feature_mean, self.feature_precision))
+            elif part == "nearest":
+                out.append(nearest_distance(x, self.bank))
+            elif paper is not None:
+                out.append(paper)
+            else:
+                score = token_scores(output, self.variant, self.height, self.width)
+                out.append(score.flatten(1))
+        return out
+
+    def forward(self, output: FODOutput) -> Tensor:
+        """(B, H, W): the sum of the standardised parts."""
+        total = None
+        for i, score in enumerate(self.part_scores(output)):
+            z = (score - self.center[i]) / self.scale[i]
+            total = z if total is None else total + z
+        assert total is not None
+        return total.reshape(-1, self.height, self.width)
+
+    @classmethod
+    def from_state_dict(
+        cls, state: dict[str, Tensor], parts: Sequence[str], variant: Variant, height: int,
+        width: int,
+    ) -> CalibratedHead:
+        """A head with the shapes of ``state`` (the bank's size is data-dependent), loaded."""
+        parts = check_parts(parts)
+        source = state.get("residual_mean", state.get("feature_mean"))
+        channels = int(source.shape[1]) if source is not None else int(state["bank"].shape[1])
+        bank = int(state["bank"].shape[0]) if "bank" in state else 0
+        head = cls(parts, variant, height * width, channels, bank, height, width)
+        head.load_state_dict(state, strict=True)
+        return head.eval()
+
+
+def _outputs(
+    model: nn.Module, features: Tensor, batch_size: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Tokens, reconstructions and paper scores of ``features`` (N, C, H, W), on the CPU."""
+    from fod.model.scores import score_branches
+
+    tokens, recon, paper = [], [], []
+    variant = model.variant
+    branches = score_branches(variant)
+    with torch.no_grad():
+        for first in range(0, features.shape[0], batch_size):
+            x = features[first : first + batch_size].to(device)
+            out = model(x, div_branches=branches, entropy=False)
+            tokens.append(out.tokens.cpu())
+            recon.append(out.reconstruction.cpu())
+            h, w = model.spec.height, model.spec.width
+            paper.append(token_scores(out, variant, h, w).flatten(1).cpu())
+    return torch.cat(tokens), torch.cat(recon), torch.cat(paper)
+
+
+def fit_head(
+    parts: Sequence[str],
+    model: nn.Module,
+    fit_features: Tensor,
+    holdout_features: Tensor,
+    bank_size: int,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+) -> CalibratedHead:
+    """Fit one level's head: statistics on ``fit_features`` (the images the transformer was
+    trained on), centre and scale of each part on ``holdout_features`` (good images neither
+    the transformer nor the statistics have seen)."""
+    parts = check_parts(parts)
+    if holdout_features.shape[0] < 1:
+        raise ValueError("the head needs at least one held-out good image to calibrate on")
+    device = torch.device(device)
+    model = model.to(device).eval()
+    spec = model.spec
+    tokens, recon, _ = _outputs(model, fit_features, batch_size, device)
+    n_bank = min(int(bank_size), tokens.shape[0] * tokens.shape[1])
+    head = CalibratedHead(
+        parts, model.variant, spec.tokens, spec.channels, n_bank, spec.height, spec.width
+    )
+    if "residual" in parts:
+        head.residual_mean, head.residual_precision = fit_gaussian(tokens - recon)
+    if "feature" in parts:
+        head.feature_mean, head.feature_precision = fit_gaussian(tokens)
+    if "nearest" in parts:
+        head.bank = memory_bank(tokens, n_bank, seed)
+    h_tokens, h_recon, h_paper = _outputs(model, holdout_features, batch_size, device)
+    with torch.no_grad():
+        scores = head.part_scores(FODOutput(h_tokens, h_recon), h_paper)
+    head.center = torch.stack([s.mean() for s in scores]).float()
+    spread = torch.stack([s.std() if s.numel() > 1 else s.abs().mean() for s in scores])
+    head.scale = spread.clamp_min(1e-6).float()
+    return head.to(device).eval()
+
+
+__all__ = ["MODEL_PARTS", "PARTS", "CalibratedHead", "check_parts", "fit_head"]

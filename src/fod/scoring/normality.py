@@ -1,0 +1,107 @@
+"""How far a token is from what good images look like: the statistics of the calibrated head.
+
+The paper scores a token by its reconstruction error times an attention factor (spec section
+6). On real data the Euclidean error treats every channel alike and throws away how good
+images actually vary, so the calibrated head (:mod:`fod.scoring.head`) measures discrepancies
+against the variability of good images instead:
+
+- :func:`fit_gaussian` / :func:`mahalanobis`: a Gaussian per grid position, its covariance
+  shrunk towards the covariance shared by all positions, so that a few dozen images still give
+  a usable estimate (a per-position covariance of C channels needs many more than C images);
+- :func:`nearest_distance`: the distance to the nearest of a memory bank of good tokens from
+  any position, which needs no alignment between images;
+- :func:`memory_bank`: a seeded subsample of good tokens.
+
+Everything works on tokens ``(N, L, C)``: N images, L = H W grid positions, C channels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+#: Ridge added to every covariance, as a fraction of the mean channel variance.
+RIDGE = 0.01
+
+
+def shrinkage_weight(images: int, channels: int) -> float:
+    """Weight of the shared covariance in the per-position estimate.
+
+    A per-position covariance from n images has n - 1 degrees of freedom for C(C+1)/2
+    unknowns; the weight C / (C + n - 1) leans on the shared covariance (estimated from all
+    L n tokens) when n is small next to C and on each position's own when n is large.
+    """
+    return float(channels) / float(channels + max(images - 1, 0))
+
+
+def fit_gaussian(
+    tokens: Tensor, shrink: float | None = None, ridge: float = RIDGE
+) -> tuple[Tensor, Tensor]:
+    """Per-position mean ``(L, C)`` and precision ``(L, C, C)`` of good ``tokens`` (N, L, C).
+
+    Covariance at position l: ``(1 - a) S_l + a S + r I``, with S_l the position's sample
+    covariance, S the average of the S_l (the shared part), a = ``shrink`` (default
+    :func:`shrinkage_weight`) and r = ``ridge`` times the mean variance. Float64 inside.
+    """
+    if tokens.dim() != 3:
+        raise ValueError(f"tokens must be (N, L, C), got {tuple(tokens.shape)}")
+    n, _, c = tokens.shape
+    if n < 2:
+        raise ValueError(f"a Gaussian needs at least 2 good images, got {n}")
+    a = shrinkage_weight(n, c) if shrink is None else float(shrink)
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(f"shrink must lie in [0, 1], got {shrink}")
+    x = tokens.double().transpose(0, 1)  # (L, N, C)
+    mean = x.mean(1)
+    centred = x - mean.unsqueeze(1)
+    cov = centred.transpose(1, 2) @ centred / (n - 1)  # (L, C, C)
+    shared = cov.mean(0, keepdim=True)
+    cov = (1.0 - a) * cov + a * shared
+    level = torch.diagonal(shared[0]).mean().clamp_min(1e-12)
+    cov = cov + (ridge * level) * torch.eye(c, dtype=cov.dtype)
+    precision = torch.linalg.inv(cov)
+    precision = 0.5 * (precision + precision.transpose(1, 2))
+    return mean.to(tokens.dtype), precision.to(tokens.dtype)
+
+
+def mahalanobis(tokens: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
+    """(B, L): sqrt((x - mu_l)^T P_l (x - mu_l)) for ``tokens`` (B, L, C)."""
+    y = (tokens - mean.unsqueeze(0)).transpose(0, 1)  # (L, B, C): one batched matmul
+    d2 = ((y @ precision) * y).sum(-1).transpose(0, 1)
+    return d2.clamp_min(0.0).sqrt()
+
+
+def memory_bank(tokens: Tensor, size: int, seed: int = 0) -> Tensor:
+    """``(M, C)``: ``size`` good tokens drawn without replacement (all when fewer), seeded."""
+    flat = tokens.reshape(-1, tokens.shape[-1])
+    if flat.shape[0] <= size:
+        return flat.clone()
+    gen = torch.Generator().manual_seed(int(seed))
+    return flat[torch.randperm(flat.shape[0], generator=gen)[:size]].clone()
+
+
+def nearest_distance(tokens: Tensor, bank: Tensor, chunk: int = 2048) -> Tensor:
+    """(B, L): Euclidean distance of each token to its nearest bank entry.
+
+    Written as ``|x|^2 - 2 x.b + |b|^2`` in chunks of queries, so it needs no ``cdist`` (which
+    ONNX lacks) and never holds more than ``chunk x M`` distances.
+    """
+    b, length, c = tokens.shape
+    queries = tokens.reshape(-1, c)
+    bank_sq = bank.pow(2).sum(1)
+    out = []
+    for first in range(0, queries.shape[0], chunk):
+        q = queries[first : first + chunk]
+        d2 = q.pow(2).sum(1, keepdim=True) - 2.0 * (q @ bank.T) + bank_sq.unsqueeze(0)
+        out.append(d2.amin(1))
+    return torch.cat(out).clamp_min(0.0).sqrt().reshape(b, length)
+
+
+__all__ = [
+    "RIDGE",
+    "fit_gaussian",
+    "mahalanobis",
+    "memory_bank",
+    "nearest_distance",
+    "shrinkage_weight",
+]

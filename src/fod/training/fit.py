@@ -1,0 +1,96 @@
+"""A whole fit: split off held-out good images, train the transformers, fit the heads.
+
+With the paper's head every good image is trained on (spec section 5) and there is nothing
+more to fit. With the calibrated head a seeded slice of the good images (``config.holdout``)
+is held out: the transformers and the heads' statistics see only the rest, and the held-out
+images give each head's centre and scale and the decision threshold, so both come from
+images the model has never seen, as test images will be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fod.config import FODConfig
+from fod.errors import DataError
+from fod.model import FODTransformer
+from fod.scoring.head import CalibratedHead, fit_head
+from fod.training.trainer import train
+
+#: Fewest good images the calibrated head can work with (2 to fit, 1 to hold out).
+MIN_CALIBRATED_IMAGES = 3
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Seeded (fit, held-out) indices of n images; held out: round(fraction n), at least 1."""
+    if fraction <= 0:
+        return torch.arange(n), torch.zeros(0, dtype=torch.long)
+    if n < MIN_CALIBRATED_IMAGES:
+        raise DataError(
+            f"only {n} good training image(s): the calibrated head needs at least "
+            f"{MIN_CALIBRATED_IMAGES} (some are held out to calibrate it). Add good images, or "
+            "use the paper's head (--preset paper, or --head paper)."
+        )
+    held = min(n - 2, max(1, round(fraction * n)))
+    gen = torch.Generator().manual_seed(int(seed) + 7919)
+    order = torch.randperm(n, generator=gen)
+    return order[held:].sort().values, order[:held].sort().values
+
+
+@dataclass
+class FitResult:
+    """Trained transformers, their heads (None for the paper's head), the training history
+    and the held-out features (empty levels for the paper's head)."""
+
+    models: list[FODTransformer]
+    heads: list[CalibratedHead] | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    holdout: list[Tensor] = field(default_factory=list)
+    fit_indices: Tensor | None = None
+
+
+def fit(
+    config: FODConfig,
+    features: Sequence[Tensor],
+    state_path: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+) -> FitResult:
+    """Train on ``features`` (one (N, C, H, W) tensor per level) as ``config`` says."""
+    if not features:
+        raise DataError("no feature levels given to train on")
+    n = int(features[0].shape[0])
+    calibrated = config.head == "calibrated"
+    fit_idx, held_idx = holdout_split(n, config.holdout if calibrated else 0.0, config.seed)
+    train_features = [f[fit_idx] for f in features] if calibrated else list(features)
+    held = [f[held_idx] for f in features] if calibrated else []
+    result = train(config, train_features, state_path, resume, progress, device, precision)
+    heads = None
+    if calibrated:
+        heads = [
+            fit_head(config.head_parts, model, tf, hf, config.bank_size, config.seed, 16, device)
+            for model, tf, hf in zip(result.models, train_features, held, strict=True)
+        ]
+    return FitResult(result.models, heads, result.history, held, fit_idx)
+
+
+def check_finite_heads(heads: Sequence[CalibratedHead]) -> None:
+    """Refuse heads whose statistics are not finite (they would score every image NaN)."""
+    for i, head in enumerate(heads):
+        for name, value in head.state_dict().items():
+            if not bool(torch.isfinite(value).all()):
+                raise DataError(
+                    f"level {i} head: statistic {name!r} is not finite; the good images' "
+                    "features are degenerate (e.g. all identical). Check the training images."
+                )
+
+
+__all__ = ["MIN_CALIBRATED_IMAGES", "FitResult", "check_finite_heads", "fit", "holdout_split"]

@@ -1,0 +1,216 @@
+"""The calibrated head: its statistics against numpy loops and brute force, its calibration on
+held-out images, the held-out split, and its round trip through a model file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fod.config import ConfigError, FODConfig, legacy_config, preset_config
+from fod.errors import DataError
+from fod.model import FODOutput, FODTransformer, LevelSpec, Variant, token_scores
+from fod.scoring.head import CalibratedHead, check_parts, fit_head
+from fod.scoring.normality import (
+    fit_gaussian,
+    mahalanobis,
+    memory_bank,
+    nearest_distance,
+    shrinkage_weight,
+)
+from fod.training import fit, holdout_split
+
+
+def _tokens(n: int, length: int, c: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(c, c, generator=g, dtype=torch.float64)
+    return (torch.randn(n, length, c, generator=g, dtype=torch.float64) @ mix) + 0.5
+
+
+def test_gaussian_matches_numpy_loop():
+    x = _tokens(9, 4, 3)
+    for shrink in (0.0, 0.3, 1.0):
+        mean, precision = fit_gaussian(x, shrink=shrink, ridge=0.05)
+        a = x.numpy()
+        covs = [np.cov(a[:, pos, :], rowvar=False) for pos in range(4)]
+        shared = sum(covs) / 4
+        ridge = 0.05 * np.trace(shared) / 3
+        queries = _tokens(2, 4, 3, seed=5)
+        got = mahalanobis(queries, mean, precision)
+        for pos in range(4):
+            cov = (1 - shrink) * covs[pos] + shrink * shared + ridge * np.eye(3)
+            np.testing.assert_allclose(mean[pos].numpy(), a[:, pos].mean(0), rtol=1e-12)
+            inv = np.linalg.inv(cov)
+            for b in range(2):
+                d = queries[b, pos].numpy() - a[:, pos].mean(0)
+                np.testing.assert_allclose(float(got[b, pos]), np.sqrt(d @ inv @ d), rtol=1e-9)
+
+
+def test_shrinkage_weight_leans_on_shared_covariance_when_images_are_few():
+    assert shrinkage_weight(2, 120) == pytest.approx(120 / 121)
+    assert shrinkage_weight(601, 120) == pytest.approx(120 / 720)
+    assert shrinkage_weight(50, 120) > shrinkage_weight(500, 120)
+    with pytest.raises(ValueError, match="at least 2"):
+        fit_gaussian(_tokens(1, 4, 3))
+    with pytest.raises(ValueError, match="shrink"):
+        fit_gaussian(_tokens(3, 4, 3), shrink=1.5)
+
+
+def test_nearest_distance_matches_brute_force():
+    bank = _tokens(1, 37, 5, seed=1)[0].float()
+    queries = _tokens(3, 11, 5, seed=2).float()
+    got = nearest_distance(queries, bank, chunk=7)
+    for b in range(3):
+        for i in range(11):
+            want = min(float(torch.linalg.vector_norm(queries[b, i] - row)) for row in bank)
+            assert float(got[b, i]) == pytest.approx(want, rel=1e-4, abs=1e-4)
+    assert torch.allclose(nearest_distance(bank[None, :4], bank), torch.zeros(1, 4), atol=1e-2)
+
+
+def test_memory_bank_is_a_seeded_subsample_without_repeats():
+    x = torch.arange(60, dtype=torch.float32).reshape(3, 10, 2)
+    bank = memory_bank(x, 7, seed=3)
+    assert bank.shape == (7, 2)
+    assert len({tuple(r) for r in bank.tolist()}) == 7
+    rows = {tuple(r) for r in x.reshape(-1, 2).tolist()}
+    assert all(tuple(r) in rows for r in bank.tolist())
+    assert torch.equal(bank, memory_bank(x, 7, seed=3))
+    assert memory_bank(x, 100).shape == (30, 2)
+
+
+def test_check_parts_orders_and_refuses():
+    assert check_parts(["nearest", "residual"]) == ("residual", "nearest")
+    for bad in ([], ["nearest", "nearest"], ["cosine"]):
+        with pytest.raises(ValueError, match="head parts"):
+            check_parts(bad)
+
+
+def _level(seed: int = 0) -> tuple[FODTransformer, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    spec = LevelSpec(channels=6, height=3, width=4, d_model=8, heads=2, layers=1)
+    g = torch.Generator().manual_seed(seed)
+    train = torch.randn(10, 6, 3, 4, generator=g)
+    held = torch.randn(5, 6, 3, 4, generator=g)
+    model = FODTransformer(spec, Variant(), reference=train.mean(0, keepdim=True)).eval()
+    return model, train, held
+
+
+def test_fit_head_standardises_each_part_on_the_held_out_images():
+    model, train, held = _level()
+    head = fit_head(["residual", "feature", "nearest", "paper"], model, train, held, 25)
+    with torch.no_grad():
+        out = model(held, div_branches=frozenset({"inter"}), entropy=False)
+        raw = head.part_scores(out)
+        for i, score in enumerate(raw):
+            assert float(head.center[i]) == pytest.approx(float(score.mean()), rel=1e-5)
+            assert float(head.scale[i]) == pytest.approx(float(score.std()), rel=1e-5)
+        total = head(out)
+    # the held-out images' summed, standardised score has mean zero
+    assert total.shape == (5, 3, 4)
+    assert float(total.mean()) == pytest.approx(0.0, abs=1e-4)
+    # each part is what its definition says
+    tokens = train.flatten(2).transpose(1, 2)
+    recon = model(train, div_branches=frozenset(), entropy=False).reconstruction.detach()
+    mean, precision = fit_gaussian(tokens - recon)
+    assert torch.allclose(head.residual_mean, mean, atol=1e-5)
+    assert torch.allclose(head.residual_precision, precision, rtol=1e-4, atol=1e-4)
+    paper = token_scores(out, model.variant, 3, 4).flatten(1)
+    assert torch.allclose(raw[3], paper)
+    assert head.bank.shape == (25, 6)
+
+
+def test_head_without_model_parts_ignores_the_reconstruction():
+    model, train, held = _level()
+    head = fit_head(["feature", "nearest"], model, train, held, 1000)
+    assert not head.needs_model
+    tokens = held.flatten(2).transpose(1, 2)
+    a = head(FODOutput(tokens, tokens))
+    b = head(FODOutput(tokens, torch.zeros_like(tokens)))
+    assert torch.equal(a, b)
+    assert head.bank.shape == (120, 6)  # all 10 x 12 training tokens
+
+
+def test_head_state_dict_round_trip():
+    model, train, held = _level()
+    head = fit_head(["residual", "nearest"], model, train, held, 30)
+    again = CalibratedHead.from_state_dict(head.state_dict(), ["nearest", "residual"],
+                                           model.variant, 3, 4)
+    out = model(held, div_branches=frozenset(), entropy=False)
+    assert torch.equal(head(out), again(out))
+
+
+def test_holdout_split_is_seeded_disjoint_and_complete():
+    fit_idx, held = holdout_split(50, 0.2, 3407)
+    assert len(held) == 10 and len(fit_idx) == 40
+    assert sorted(fit_idx.tolist() + held.tolist()) == list(range(50))
+    assert torch.equal(held, holdout_split(50, 0.2, 3407)[1])
+    assert not torch.equal(held, holdout_split(50, 0.2, 1)[1])
+    assert len(holdout_split(3, 0.2, 0)[1]) == 1
+    assert len(holdout_split(7, 0.0, 0)[1]) == 0
+    with pytest.raises(DataError, match="at least 3"):
+        holdout_split(2, 0.2, 0)
+
+
+def test_fit_trains_on_the_fit_split_only_and_heads_score_held_out_images():
+    g = torch.Generator().manual_seed(0)
+    features = [torch.randn(12, 6, 4, 4, generator=g), torch.randn(12, 10, 2, 2, generator=g)]
+    config = FODConfig(
+        backbone="efficientnet_lite0", image_size=64, d_model=(8, 8), heads=2, num_layers=1,
+        epochs=1, batch_size=4, holdout=0.25, bank_size=40,
+    )
+    result = fit(config, features, progress=False)
+    fit_idx, held = holdout_split(12, 0.25, config.seed)
+    assert torch.equal(result.fit_indices, fit_idx)
+    assert torch.equal(result.holdout[0], features[0][held])
+    # the inter reference is the mean of the fit split, not of all images
+    ref = result.models[0].reference
+    assert torch.allclose(ref, features[0][fit_idx].mean(0, keepdim=True), atol=1e-6)
+    assert result.heads is not None and len(result.heads) == 2
+    paper = fit(FODConfig.paper(**{k: getattr(config, k) for k in (
+        "backbone", "image_size", "d_model", "heads", "num_layers", "batch_size")}, epochs=1),
+        features, progress=False)
+    assert paper.heads is None and paper.holdout == []
+    assert torch.allclose(paper.models[0].reference, features[0].mean(0, keepdim=True), atol=1e-6)
+
+
+def test_presets_and_legacy_configs():
+    paper = preset_config("paper")
+    assert (paper.d_model, paper.heads, paper.num_layers) == ((256, 512), 8, 3)
+    assert (paper.epochs, paper.batch_size, paper.lr, paper.head) == (100, 1, 1e-4, "paper")
+    assert paper.holdout == 0.0 and paper.seed == 3407
+    assert FODConfig().head == "calibrated"
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset_config("fast")
+    with pytest.raises(ConfigError, match="held-out"):
+        FODConfig(holdout=0.0)
+    with pytest.raises(ConfigError, match="head_parts"):
+        FODConfig(head_parts=("nearest", "cosine"))
+    old = FODConfig.paper().to_dict()
+    for key in ("head", "head_parts", "holdout", "bank_size"):
+        old.pop(key)
+    assert FODConfig.from_dict(legacy_config(old)).head == "paper"
+
+
+def test_model_file_round_trip_keeps_the_heads(tmp_path):
+    from fod.backbone import create_backbone
+    from fod.scoring import Detector
+    from fod.training import load_model_file, save_model_file
+
+    config = FODConfig(
+        backbone="efficientnet_lite0", image_size=64, d_model=(8, 8), heads=2, num_layers=1,
+        epochs=1, batch_size=4, bank_size=64,
+    )
+    backbone = create_backbone(config.backbone)
+    images = torch.rand(10, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        features = backbone(images)
+    result = fit(config, features, progress=False)
+    path = tmp_path / "m.pt"
+    save_model_file(path, config, backbone, result.models, threshold=1.0, heads=result.heads)
+    again, _, levels, meta = load_model_file(path)
+    assert again == config and meta["heads"] is not None
+    before = Detector(backbone, result.models, 64, heads=result.heads)(images[:3])
+    after = Detector(backbone, levels, 64, heads=meta["heads"])(images[:3])
+    assert torch.allclose(before[0], after[0]) and torch.allclose(before[1], after[1])
+    with pytest.raises(ValueError, match="heads given"):
+        save_model_file(path, config, backbone, result.models, threshold=1.0)
