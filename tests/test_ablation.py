@@ -13,9 +13,10 @@ from PIL import Image
 
 from fod.cli.main import main
 from fod.experiments.ablation import run_ablation
-from fod.experiments.ablation_rows import ablation_rows
+from fod.experiments.ablation_rows import ablation_rows, paper_rows
 
-ROWS = ["patch", "intra_noent_div", "inter_coreset", "full"]
+ROWS = ["patch", "intra_noent_div", "inter_coreset", "full", "head_feature_nearest",
+        "head_residual_nearest"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,8 @@ def ablation(generated: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 
 def test_rows_match_the_paper_table() -> None:
-    rows = ablation_rows()
+    rows = paper_rows()
+    assert [r.key for r in ablation_rows()][: len(rows)] == [r.key for r in rows]
     assert [r.key for r in rows] == [
         "patch", "intra_noent_div", "intra_div", "intra_recdiv",
         "inter_mean", "inter_coreset", "intra_inter_div", "full",
@@ -55,9 +57,20 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
     assert coreset["config"]["variant"]["coreset_size"] == 2
     with open(out / "ablation.csv", newline="") as f:
         table = list(csv.DictReader(f))
-    assert [r["views"] for r in table] == ["patch-wise", "intra", "inter", "patch + intra + inter"]
-    assert float(table[-1]["image_auroc"]) == pytest.approx(report["rows"][-1]["image_auroc"])
-    assert float(table[-1]["paper_mvtec"]) == 0.992
+    assert [r["views"] for r in table] == ["patch-wise", "intra", "inter"] + [
+        "patch + intra + inter"
+    ] * 3
+    assert float(table[3]["image_auroc"]) == pytest.approx(report["rows"][3]["image_auroc"])
+    assert float(table[3]["paper_mvtec"]) == 0.992
+    # paper rows: the paper's head on every image; head rows: the parts they name, calibrated
+    full = json.loads((out / "rows" / "full.json").read_text())["config"]
+    assert full["head"] == "paper" and full["holdout"] == 0.0
+    for key, parts in (("head_feature_nearest", ["feature", "nearest"]),
+                       ("head_residual_nearest", ["residual", "nearest"])):  # fmt: skip
+        stored = json.loads((out / "rows" / f"{key}.json").read_text())["config"]
+        assert stored["head"] == "calibrated" and stored["head_parts"] == parts
+        assert stored["holdout"] > 0
+    assert not (out / "rows" / "calibrated.state.pt").exists()
     md = (out / "ablation.md").read_text()
     assert "| patch + intra + inter | with | mean | Rec & Div |" in md
 
