@@ -103,14 +103,14 @@ class FODConfig:
     weights: str | None = None
     layers: tuple[int, ...] | None = None
     image_size: int = 256
-    d_model: tuple[int, ...] = (64, 128)
-    heads: int = 4
-    num_layers: int = 2
+    d_model: tuple[int, ...] = (32, 64)
+    heads: int = 2
+    num_layers: int = 1
     ffn_ratio: int = 4
     variant: Variant = field(default_factory=Variant)
     head: str = "calibrated"
     head_parts: tuple[str, ...] = ("residual", "nearest")
-    epochs: int = 4
+    epochs: int = 2
     batch_size: int = 8
     lr: float = 1e-3
     lambda1: float = 0.5
