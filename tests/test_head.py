@@ -12,7 +12,9 @@ from fod.errors import DataError
 from fod.model import FODOutput, FODTransformer, LevelSpec, Variant, token_scores
 from fod.scoring.head import CalibratedHead, check_parts, fit_head
 from fod.scoring.normality import (
+    choose_shrinkage,
     fit_gaussian,
+    gaussian_log_likelihood,
     mahalanobis,
     memory_bank,
     nearest_distance,
@@ -54,6 +56,38 @@ def test_shrinkage_weight_leans_on_shared_covariance_when_images_are_few():
         fit_gaussian(_tokens(1, 4, 3))
     with pytest.raises(ValueError, match="shrink"):
         fit_gaussian(_tokens(3, 4, 3), shrink=1.5)
+
+
+def test_log_likelihood_matches_scipy():
+    from scipy.stats import multivariate_normal
+
+    x = _tokens(12, 3, 4)
+    mean, precision = fit_gaussian(x, shrink=0.2)
+    queries = _tokens(5, 3, 4, seed=9)
+    want = np.mean([
+        multivariate_normal(mean[p].numpy(), np.linalg.inv(precision[p].numpy())).logpdf(
+            queries[b, p].numpy()
+        ) + 0.5 * 4 * np.log(2 * np.pi)
+        for b in range(5) for p in range(3)
+    ])  # fmt: skip
+    assert gaussian_log_likelihood(queries, mean, precision) == pytest.approx(want, rel=1e-9)
+
+
+def test_shrinkage_is_chosen_by_held_out_likelihood():
+    g = torch.Generator().manual_seed(0)
+    # positions with very different covariances and many images: their own estimates win
+    scales = torch.linspace(0.2, 5.0, 6).reshape(1, 6, 1)
+    many = torch.randn(400, 6, 3, generator=g, dtype=torch.float64) * scales
+    held = torch.randn(100, 6, 3, generator=g, dtype=torch.float64) * scales
+    assert choose_shrinkage(many, held) <= 0.05
+    # one covariance for all positions and fewer images than channels: the shared one wins
+    few = torch.randn(6, 50, 12, generator=g, dtype=torch.float64)
+    held = torch.randn(20, 50, 12, generator=g, dtype=torch.float64)
+    assert choose_shrinkage(few, held) >= 0.75
+    # the choice is the grid's maximiser of held-out likelihood
+    grid = (0.0, 0.5, 1.0)
+    lls = [gaussian_log_likelihood(held, *fit_gaussian(few, shrink=a)) for a in grid]
+    assert choose_shrinkage(few, held, grid) == grid[int(np.argmax(lls))]
 
 
 def test_nearest_distance_matches_brute_force():
@@ -111,7 +145,7 @@ def test_fit_head_standardises_each_part_on_the_held_out_images():
     # each part is what its definition says
     tokens = train.flatten(2).transpose(1, 2)
     recon = model(train, div_branches=frozenset(), entropy=False).reconstruction.detach()
-    mean, precision = fit_gaussian(tokens - recon)
+    mean, precision = fit_gaussian(tokens - recon, shrink=head.shrinkage["residual"])
     assert torch.allclose(head.residual_mean, mean, atol=1e-5)
     assert torch.allclose(head.residual_precision, precision, rtol=1e-4, atol=1e-4)
     paper = token_scores(out, model.variant, 3, 4).flatten(1)

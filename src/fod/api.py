@@ -228,6 +228,8 @@ class FOD:
         held = int(result.holdout[0].shape[0]) if result.holdout else 0
         self.stats["num_train"] = int(features[0].shape[0]) - held
         self.stats["num_holdout"] = held
+        if self.heads is not None:
+            self.stats["head_shrinkage"] = [dict(h.shrinkage) for h in self.heads]
         self.stats["feature_seconds"] = seconds_features
         self.stats["train_seconds"] = float(sum(h.get("seconds", 0.0) for h in self.history))
         return self

@@ -6,7 +6,8 @@ standardised by its mean and spread over held-out good images (never the trainin
 a nearest-patch distance of a training image to a bank that holds it is zero):
 
 - ``residual``: Mahalanobis distance of the transformer's discrepancy ``x - x_hat`` under a
-  per-position Gaussian of good images' discrepancies (shrunk towards a shared covariance);
+  per-position Gaussian of good images' discrepancies (shrunk towards a shared covariance by
+  the weight that gives the held-out images the highest likelihood);
 - ``feature``: the same Gaussian on the features ``x`` themselves (no transformer);
 - ``nearest``: distance of ``x`` to the nearest token of a memory bank of good tokens;
 - ``paper``: the paper's token score for the model's variant.
@@ -24,7 +25,13 @@ import torch
 from torch import Tensor, nn
 
 from fod.model import FODOutput, Variant, token_scores
-from fod.scoring.normality import fit_gaussian, mahalanobis, memory_bank, nearest_distance
+from fod.scoring.normality import (
+    choose_shrinkage,
+    fit_gaussian,
+    mahalanobis,
+    memory_bank,
+    nearest_distance,
+)
 
 #: The parts a calibrated head can sum, in a fixed order.
 PARTS = ("residual", "feature", "nearest", "paper")
@@ -74,6 +81,8 @@ class CalibratedHead(nn.Module):
             if bank_size < 1:
                 raise ValueError("the nearest part needs a memory bank of at least one token")
             self.register_buffer("bank", torch.zeros(bank_size, channels))
+        #: The shrinkage weight each Gaussian part chose (for reports; not needed to score).
+        self.shrinkage: dict[str, float] = {}
         self.register_buffer("center", torch.zeros(len(self.parts)))
         self.register_buffer("scale", torch.ones(len(self.parts)))
 
@@ -165,17 +174,23 @@ def fit_head(
     model = model.to(device).eval()
     spec = model.spec
     tokens, recon, _ = _outputs(model, fit_features, batch_size, device)
+    h_tokens, h_recon, h_paper = _outputs(model, holdout_features, batch_size, device)
     n_bank = min(int(bank_size), tokens.shape[0] * tokens.shape[1])
     head = CalibratedHead(
         parts, model.variant, spec.tokens, spec.channels, n_bank, spec.height, spec.width
     )
-    if "residual" in parts:
-        head.residual_mean, head.residual_precision = fit_gaussian(tokens - recon)
-    if "feature" in parts:
-        head.feature_mean, head.feature_precision = fit_gaussian(tokens)
+    for name, fit_x, held_x in (
+        ("residual", tokens - recon, h_tokens - h_recon),
+        ("feature", tokens, h_tokens),
+    ):
+        if name in parts:
+            shrink = choose_shrinkage(fit_x, held_x)
+            mean, precision = fit_gaussian(fit_x, shrink=shrink)
+            setattr(head, f"{name}_mean", mean)
+            setattr(head, f"{name}_precision", precision)
+            head.shrinkage[name] = shrink
     if "nearest" in parts:
         head.bank = memory_bank(tokens, n_bank, seed)
-    h_tokens, h_recon, h_paper = _outputs(model, holdout_features, batch_size, device)
     with torch.no_grad():
         scores = head.part_scores(FODOutput(h_tokens, h_recon), h_paper)
     head.center = torch.stack([s.mean() for s in scores]).float()

@@ -8,6 +8,7 @@ against the variability of good images instead:
 - :func:`fit_gaussian` / :func:`mahalanobis`: a Gaussian per grid position, its covariance
   shrunk towards the covariance shared by all positions, so that a few dozen images still give
   a usable estimate (a per-position covariance of C channels needs many more than C images);
+  :func:`choose_shrinkage` picks the weight by the likelihood of held-out good images;
 - :func:`nearest_distance`: the distance to the nearest of a memory bank of good tokens from
   any position, which needs no alignment between images;
 - :func:`memory_bank`: a seeded subsample of good tokens.
@@ -22,6 +23,8 @@ from torch import Tensor
 
 #: Ridge added to every covariance, as a fraction of the mean channel variance.
 RIDGE = 0.01
+#: Shrinkage weights tried by :func:`choose_shrinkage`.
+SHRINKAGE_GRID = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
 
 
 def shrinkage_weight(images: int, channels: int) -> float:
@@ -64,6 +67,28 @@ def fit_gaussian(
     return mean.to(tokens.dtype), precision.to(tokens.dtype)
 
 
+def gaussian_log_likelihood(tokens: Tensor, mean: Tensor, precision: Tensor) -> float:
+    """Mean over images and positions of log N(x; mu_l, P_l^-1), up to the constant."""
+    d2 = mahalanobis(tokens.double(), mean.double(), precision.double()).pow(2)
+    _, logdet = torch.linalg.slogdet(precision.double())  # log det P = -log det Sigma
+    return float((-0.5 * d2 + 0.5 * logdet.unsqueeze(0)).mean())
+
+
+def choose_shrinkage(
+    fit_tokens: Tensor, holdout_tokens: Tensor, grid: tuple[float, ...] = SHRINKAGE_GRID
+) -> float:
+    """The shrinkage weight whose Gaussian (fitted on ``fit_tokens``) gives the held-out good
+    tokens the highest likelihood: near 0 when images are many, near 1 when they are few.
+    Ties go to the smaller weight."""
+    best, best_ll = grid[0], -float("inf")
+    for a in grid:
+        mean, precision = fit_gaussian(fit_tokens, shrink=a)
+        ll = gaussian_log_likelihood(holdout_tokens, mean, precision)
+        if ll > best_ll + 1e-9:
+            best, best_ll = a, ll
+    return float(best)
+
+
 def mahalanobis(tokens: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
     """(B, L): sqrt((x - mu_l)^T P_l (x - mu_l)) for ``tokens`` (B, L, C)."""
     y = (tokens - mean.unsqueeze(0)).transpose(0, 1)  # (L, B, C): one batched matmul
@@ -99,7 +124,10 @@ def nearest_distance(tokens: Tensor, bank: Tensor, chunk: int = 2048) -> Tensor:
 
 __all__ = [
     "RIDGE",
+    "SHRINKAGE_GRID",
+    "choose_shrinkage",
     "fit_gaussian",
+    "gaussian_log_likelihood",
     "mahalanobis",
     "memory_bank",
     "nearest_distance",
