@@ -152,7 +152,9 @@ def test_two_ranks_train_the_weights_of_one_process(data: Path, tmp_path: Path) 
     one = torch.load(tmp_path / "one.pt", weights_only=True)
     two_file = torch.load(tmp_path / "two.pt", weights_only=True)
     assert two_file["threshold"] == pytest.approx(one["threshold"], rel=1e-5)
-    assert two_file["stats"]["num_train"] == 10
+    stats = two_file["stats"]
+    assert stats["num_train"] + stats["num_holdout"] == 10  # a fifth held out to calibrate
+    assert stats["num_holdout"] == one["stats"]["num_holdout"] == 2
     h1, h2 = one["history"][0], two_file["history"][0]
     for key in ("loss1", "loss2", "rec"):  # the logged means are over all ranks' rows
         assert h2[key] == pytest.approx(h1[key], rel=1e-5)

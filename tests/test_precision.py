@@ -69,7 +69,7 @@ def _features() -> list[torch.Tensor]:
     return [torch.randn(6, 8, 4, 4, generator=g), torch.randn(6, 12, 2, 2, generator=g)]
 
 
-CONFIG = FODConfig(d_model=(16, 16), heads=2, num_layers=1, epochs=2, batch_size=3, seed=2)
+CONFIG = FODConfig(d_model=(16, 16), heads=2, num_layers=1, epochs=2, batch_size=3, seed=2, lr=1e-4)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -115,14 +115,14 @@ def immutable(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture()
 def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs; the test fills it."""
+    """A 4 MiB tmpfs (room for one tiny model); the test fills it."""
     mount = shutil.which("mount")
     folder = tmp_path / "tiny"
     folder.mkdir()
     if mount is None or os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root and mount(8)")
     done = subprocess.run(
-        [mount, "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True
+        [mount, "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True
     )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
