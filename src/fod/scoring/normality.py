@@ -105,21 +105,24 @@ def memory_bank(tokens: Tensor, size: int, seed: int = 0) -> Tensor:
     return flat[torch.randperm(flat.shape[0], generator=gen)[:size]].clone()
 
 
-def nearest_distance(tokens: Tensor, bank: Tensor, chunk: int = 2048) -> Tensor:
+def nearest_distance(tokens: Tensor, bank: Tensor, chunk: int = 32) -> Tensor:
     """(B, L): Euclidean distance of each token to its nearest bank entry.
 
-    Written as ``|x|^2 - 2 x.b + |b|^2`` in chunks of queries, so it needs no ``cdist`` (which
-    ONNX lacks) and never holds more than ``chunk x M`` distances.
+    Written as ``|x|^2 - 2 x.b + |b|^2`` over ``chunk`` grid positions at a time (all images
+    of the batch together), so it needs no ``cdist`` (which ONNX lacks), keeps each block of
+    distances small enough for the cache, and traces to a graph whose loop depends only on
+    the grid, never on the batch size.
     """
-    b, length, c = tokens.shape
-    queries = tokens.reshape(-1, c)
+    length = tokens.shape[1]
     bank_sq = bank.pow(2).sum(1)
     out = []
-    for first in range(0, queries.shape[0], chunk):
-        q = queries[first : first + chunk]
-        d2 = q.pow(2).sum(1, keepdim=True) - 2.0 * (q @ bank.T) + bank_sq.unsqueeze(0)
-        out.append(d2.amin(1))
-    return torch.cat(out).clamp_min(0.0).sqrt().reshape(b, length)
+    for first in range(0, length, chunk):
+        q = tokens[:, first : first + chunk]
+        width = q.shape[1]  # fixed by the grid, so the trace holds for any batch size
+        flat = q.reshape(-1, q.shape[2])
+        d2 = flat.pow(2).sum(1, keepdim=True) - 2.0 * (flat @ bank.T) + bank_sq
+        out.append(d2.amin(1).reshape(-1, width))
+    return torch.cat(out, 1).clamp_min(0.0).sqrt()
 
 
 __all__ = [
