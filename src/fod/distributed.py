@@ -21,6 +21,7 @@ work on the same rank:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -135,9 +136,15 @@ def group_context() -> Context:
         _LOCAL.reset(token)
 
 
-def shutdown() -> None:
-    """Leave the process group (a no-op outside one)."""
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group (a no-op outside one). After a clean run (``wait``) all ranks
+    leave together: a rank that tears its gloo threads down while another still talks to it
+    can abort at exit ("terminate called without an active exception"). A failing rank
+    leaves at once (its peers may be inside another collective)."""
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            with contextlib.suppress(RuntimeError):  # a peer already failed: leave anyway
+                dist.barrier()
         dist.destroy_process_group()
 
 

@@ -67,9 +67,12 @@ def run(args: argparse.Namespace) -> int:
 
     _, device = distributed.setup(args.device)
     try:
-        return _run(args, device)
-    finally:
-        distributed.shutdown()
+        code = _run(args, device)
+    except BaseException:
+        distributed.shutdown(wait=False)
+        raise
+    distributed.shutdown()
+    return code
 
 
 def _run(args: argparse.Namespace, device: torch.device) -> int:

@@ -55,9 +55,12 @@ def run(args: argparse.Namespace) -> int:
 
     ctx, device = distributed.setup(args.device)
     try:
-        return _run(args, ctx, device)
-    finally:
-        distributed.shutdown()
+        code = _run(args, ctx, device)
+    except BaseException:
+        distributed.shutdown(wait=False)
+        raise
+    distributed.shutdown()
+    return code
 
 
 def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
