@@ -167,8 +167,9 @@ def test_head_without_model_parts_ignores_the_reconstruction():
 def test_head_state_dict_round_trip():
     model, train, held = _level()
     head = fit_head(["residual", "nearest"], model, train, held, 30)
-    again = CalibratedHead.from_state_dict(head.state_dict(), ["nearest", "residual"],
-                                           model.variant, 3, 4)
+    again = CalibratedHead.from_state_dict(
+        head.state_dict(), ["nearest", "residual"], model.variant, 3, 4
+    )
     out = model(held, div_branches=frozenset(), entropy=False)
     assert torch.equal(head(out), again(out))
 
@@ -189,8 +190,15 @@ def test_fit_trains_on_the_fit_split_only_and_heads_score_held_out_images():
     g = torch.Generator().manual_seed(0)
     features = [torch.randn(12, 6, 4, 4, generator=g), torch.randn(12, 10, 2, 2, generator=g)]
     config = FODConfig(
-        backbone="efficientnet_lite0", image_size=64, d_model=(8, 8), heads=2, num_layers=1,
-        epochs=1, batch_size=4, holdout=0.25, bank_size=40,
+        backbone="efficientnet_lite0",
+        image_size=64,
+        d_model=(8, 8),
+        heads=2,
+        num_layers=1,
+        epochs=1,
+        batch_size=4,
+        holdout=0.25,
+        bank_size=40,
     )
     result = fit(config, features, progress=False)
     fit_idx, held = holdout_split(12, 0.25, config.seed)
@@ -200,9 +208,17 @@ def test_fit_trains_on_the_fit_split_only_and_heads_score_held_out_images():
     ref = result.models[0].reference
     assert torch.allclose(ref, features[0][fit_idx].mean(0, keepdim=True), atol=1e-6)
     assert result.heads is not None and len(result.heads) == 2
-    paper = fit(FODConfig.paper(**{k: getattr(config, k) for k in (
-        "backbone", "image_size", "d_model", "heads", "num_layers", "batch_size")}, epochs=1),
-        features, progress=False)
+    paper = fit(
+        FODConfig.paper(
+            **{
+                k: getattr(config, k)
+                for k in ("backbone", "image_size", "d_model", "heads", "num_layers", "batch_size")
+            },
+            epochs=1,
+        ),
+        features,
+        progress=False,
+    )
     assert paper.heads is None and paper.holdout == []
     assert torch.allclose(paper.models[0].reference, features[0].mean(0, keepdim=True), atol=1e-6)
 
@@ -231,8 +247,14 @@ def test_model_file_round_trip_keeps_the_heads(tmp_path):
     from fod.training import load_model_file, save_model_file
 
     config = FODConfig(
-        backbone="efficientnet_lite0", image_size=64, d_model=(8, 8), heads=2, num_layers=1,
-        epochs=1, batch_size=4, bank_size=64,
+        backbone="efficientnet_lite0",
+        image_size=64,
+        d_model=(8, 8),
+        heads=2,
+        num_layers=1,
+        epochs=1,
+        batch_size=4,
+        bank_size=64,
     )
     backbone = create_backbone(config.backbone)
     images = torch.rand(10, 3, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -184,8 +184,10 @@ class FODConfig:
                 f"head_parts {list(parts)}: each part once, from {', '.join(HEAD_PARTS)}"
             )
         put("head_parts", tuple(p for p in HEAD_PARTS if p in parts))
-        if not isinstance(self.holdout, (int, float)) or isinstance(self.holdout, bool) or not (
-            0.0 <= float(self.holdout) < 1.0
+        if (
+            not isinstance(self.holdout, (int, float))
+            or isinstance(self.holdout, bool)
+            or not (0.0 <= float(self.holdout) < 1.0)
         ):
             raise ConfigError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
         put("holdout", float(self.holdout))

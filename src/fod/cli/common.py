@@ -205,9 +205,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     g = parser.add_argument_group("training")
     g.add_argument("--epochs", type=int, help=f"default: {d.epochs}; paper: {p.epochs}")
-    g.add_argument(
-        "--batch-size", type=int, help=f"default: {d.batch_size}; paper: {p.batch_size}"
-    )
+    g.add_argument("--batch-size", type=int, help=f"default: {d.batch_size}; paper: {p.batch_size}")
     g.add_argument(
         "--lr",
         type=finite_float,

@@ -121,7 +121,11 @@ class CalibratedHead(nn.Module):
 
     @classmethod
     def from_state_dict(
-        cls, state: dict[str, Tensor], parts: Sequence[str], variant: Variant, height: int,
+        cls,
+        state: dict[str, Tensor],
+        parts: Sequence[str],
+        variant: Variant,
+        height: int,
         width: int,
     ) -> CalibratedHead:
         """A head with the shapes of ``state`` (the bank's size is data-dependent), loaded."""
