@@ -48,6 +48,13 @@ def test_gaussian_matches_numpy_loop():
                 np.testing.assert_allclose(float(got[b, pos]), np.sqrt(d @ inv @ d), rtol=1e-9)
 
 
+def test_gaussian_statistics_are_contiguous():
+    # a loaded model's buffers are contiguous; the fitted ones must be too, or the matmul
+    # kernel (and its rounding) differs between a model and the same model saved and loaded
+    mean, precision = fit_gaussian(_tokens(9, 4, 3).float())
+    assert mean.is_contiguous() and precision.is_contiguous()
+
+
 def test_shrinkage_weight_leans_on_shared_covariance_when_images_are_few():
     assert shrinkage_weight(2, 120) == pytest.approx(120 / 121)
     assert shrinkage_weight(601, 120) == pytest.approx(120 / 720)

@@ -64,7 +64,9 @@ def fit_gaussian(
     cov = cov + (ridge * level) * torch.eye(c, dtype=cov.dtype)
     precision = torch.linalg.inv(cov)
     precision = 0.5 * (precision + precision.transpose(1, 2))
-    return mean.to(tokens.dtype), precision.to(tokens.dtype)
+    # contiguous, as a loaded model's is: the matmul kernel, and so the rounding, follow the
+    # layout, and a saved model must score exactly as the one that was fitted
+    return mean.to(tokens.dtype).contiguous(), precision.to(tokens.dtype).contiguous()
 
 
 def gaussian_log_likelihood(tokens: Tensor, mean: Tensor, precision: Tensor) -> float:
