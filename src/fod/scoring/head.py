@@ -139,23 +139,25 @@ class CalibratedHead(nn.Module):
 
 
 def _outputs(
-    model: nn.Module, features: Tensor, batch_size: int, device: torch.device
+    model: nn.Module, features: Tensor, batch_size: int, device: torch.device, paper: bool
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Tokens, reconstructions and paper scores of ``features`` (N, C, H, W), on the CPU."""
+    """Tokens, reconstructions and (with ``paper``) the paper's scores of ``features``
+    (N, C, H, W), on the CPU; Div is computed only when the paper's score needs it."""
     from fod.model.scores import score_branches
 
-    tokens, recon, paper = [], [], []
+    tokens, recon, scores = [], [], []
     variant = model.variant
-    branches = score_branches(variant)
+    branches = score_branches(variant) if paper else frozenset()
     with torch.no_grad():
         for first in range(0, features.shape[0], batch_size):
             x = features[first : first + batch_size].to(device)
             out = model(x, div_branches=branches, entropy=False)
             tokens.append(out.tokens.cpu())
             recon.append(out.reconstruction.cpu())
-            h, w = model.spec.height, model.spec.width
-            paper.append(token_scores(out, variant, h, w).flatten(1).cpu())
-    return torch.cat(tokens), torch.cat(recon), torch.cat(paper)
+            if paper:
+                h, w = model.spec.height, model.spec.width
+                scores.append(token_scores(out, variant, h, w).flatten(1).cpu())
+    return torch.cat(tokens), torch.cat(recon), torch.cat(scores) if paper else None
 
 
 def fit_head(
@@ -177,8 +179,10 @@ def fit_head(
     device = torch.device(device)
     model = model.to(device).eval()
     spec = model.spec
-    tokens, recon, _ = _outputs(model, fit_features, batch_size, device)
-    h_tokens, h_recon, h_paper = _outputs(model, holdout_features, batch_size, device)
+    tokens, recon, _ = _outputs(model, fit_features, batch_size, device, paper=False)
+    h_tokens, h_recon, h_paper = _outputs(
+        model, holdout_features, batch_size, device, paper="paper" in parts
+    )
     n_bank = min(int(bank_size), tokens.shape[0] * tokens.shape[1])
     head = CalibratedHead(
         parts, model.variant, spec.tokens, spec.channels, n_bank, spec.height, spec.width
