@@ -277,3 +277,14 @@ def test_model_file_round_trip_keeps_the_heads(tmp_path):
     assert torch.allclose(before[0], after[0]) and torch.allclose(before[1], after[1])
     with pytest.raises(ValueError, match="heads given"):
         save_model_file(path, config, backbone, result.models, threshold=1.0)
+
+
+def test_cli_names_the_flags_when_the_head_has_nothing_held_out(generated, tmp_path, capsys):
+    from fod.cli.main import main
+
+    out = tmp_path / "m.pt"
+    rc = main(["train", str(generated), "--out", str(out), "--preset", "paper", "--head",
+               "calibrated", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "--holdout 0.2" in err and "--head paper" in err
+    assert "holdout=0.2" not in err and not out.exists()

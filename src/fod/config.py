@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from fod.errors import FODError
+from fod.errors import FODError, option
 from fod.model.variant import Variant
 
 #: Keys that fix the shapes and the meaning of a model's weights.
@@ -193,8 +193,9 @@ class FODConfig:
         put("holdout", float(self.holdout))
         if self.head == "calibrated" and self.holdout <= 0:
             raise ConfigError(
-                "the calibrated head needs held-out good images: holdout must be > 0 "
-                "(e.g. 0.2), or use the paper's head"
+                "the calibrated head needs held-out good images: pass "
+                f"{option('holdout=0.2', '--holdout 0.2')}, or use the paper's head "
+                f"({option('head=paper', '--head paper')})"
             )
         _positive_int("bank_size", self.bank_size)
         _positive_int("epochs", self.epochs)
