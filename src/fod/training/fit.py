@@ -82,15 +82,4 @@ def fit(
     return FitResult(result.models, heads, result.history, held, fit_idx)
 
 
-def check_finite_heads(heads: Sequence[CalibratedHead]) -> None:
-    """Refuse heads whose statistics are not finite (they would score every image NaN)."""
-    for i, head in enumerate(heads):
-        for name, value in head.state_dict().items():
-            if not bool(torch.isfinite(value).all()):
-                raise DataError(
-                    f"level {i} head: statistic {name!r} is not finite; the good images' "
-                    "features are degenerate (e.g. all identical). Check the training images."
-                )
-
-
-__all__ = ["MIN_CALIBRATED_IMAGES", "FitResult", "check_finite_heads", "fit", "holdout_split"]
+__all__ = ["MIN_CALIBRATED_IMAGES", "FitResult", "fit", "holdout_split"]
