@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
 from fod.config import ConfigError, FODConfig, legacy_config, preset_config
 from fod.errors import DataError
@@ -196,17 +197,7 @@ def test_holdout_split_is_seeded_disjoint_and_complete():
 def test_fit_trains_on_the_fit_split_only_and_heads_score_held_out_images():
     g = torch.Generator().manual_seed(0)
     features = [torch.randn(12, 6, 4, 4, generator=g), torch.randn(12, 10, 2, 2, generator=g)]
-    config = FODConfig(
-        backbone="efficientnet_lite0",
-        image_size=64,
-        d_model=(8, 8),
-        heads=2,
-        num_layers=1,
-        epochs=1,
-        batch_size=4,
-        holdout=0.25,
-        bank_size=40,
-    )
+    config = tiny_config(d_model=(8, 8), epochs=1, holdout=0.25, bank_size=40)
     result = fit(config, features, progress=False)
     fit_idx, held = holdout_split(12, 0.25, config.seed)
     assert torch.equal(result.fit_indices, fit_idx)
@@ -253,16 +244,7 @@ def test_model_file_round_trip_keeps_the_heads(tmp_path):
     from fod.scoring import Detector
     from fod.training import load_model_file, save_model_file
 
-    config = FODConfig(
-        backbone="efficientnet_lite0",
-        image_size=64,
-        d_model=(8, 8),
-        heads=2,
-        num_layers=1,
-        epochs=1,
-        batch_size=4,
-        bank_size=64,
-    )
+    config = tiny_config(d_model=(8, 8), epochs=1, bank_size=64)
     backbone = create_backbone(config.backbone)
     images = torch.rand(10, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
