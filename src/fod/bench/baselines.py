@@ -26,7 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fod.scoring import normality
 from fod.scoring.anomaly_map import anomaly_map, image_scores
+from fod.scoring.normality import memory_bank
 
 BASELINES = ("mean", "gaussian", "nearest")
 DEFAULT_RIDGE = 0.01
@@ -71,19 +73,15 @@ def nearest_distance(
     test: Tensor,
     bank_size: int = DEFAULT_BANK,
     seed: int = 0,
-    chunk: int = 4096,
+    chunk: int = 32,
 ) -> Tensor:
     """(N, H, W): distance of each test patch to the nearest of ``bank_size`` training patches
     drawn at random (seeded) from all positions of all training maps (all of them if fewer)."""
     _check(train, test)
-    c, h, w = train.shape[1:]
-    bank = train.permute(0, 2, 3, 1).reshape(-1, c)
-    if bank.shape[0] > bank_size:
-        g = torch.Generator().manual_seed(int(seed))
-        bank = bank[torch.randperm(bank.shape[0], generator=g)[:bank_size]]
-    queries = test.permute(0, 2, 3, 1).reshape(-1, c)
-    out = [torch.cdist(queries[i : i + chunk], bank).amin(1) for i in range(0, len(queries), chunk)]
-    return torch.cat(out).reshape(-1, h, w)
+    h, w = train.shape[2:]
+    bank = memory_bank(train.flatten(2).transpose(1, 2), bank_size, seed)
+    distances = normality.nearest_distance(test.flatten(2).transpose(1, 2), bank, chunk)
+    return distances.reshape(-1, h, w)
 
 
 SCORERS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
