@@ -85,8 +85,8 @@ def run_ablation(
     from fod.evaluation import category_features
     from fod.report import markdown_table, metrics_line, to_jsonable, write_csv
     from fod.scoring import score_features
-    from fod.scoring.head import fit_head
     from fod.training import fit, train
+    from fod.training.fit import fit_heads
 
     out = Path(out_dir).expanduser()
     all_rows = ablation_rows(config.variant.coreset_size)
@@ -139,10 +139,7 @@ def run_ablation(
                 )
             result = shared["fit"]
             train_features = [f[result.fit_indices] for f in features.train]
-            heads = [
-                fit_head(row.head_parts, m, a, b, row_config.bank_size, row_config.seed, 16, device)
-                for m, a, b in zip(result.models, train_features, result.holdout, strict=True)
-            ]
+            heads = fit_heads(row_config, result.models, train_features, result.holdout, device)
             models, history = result.models, result.history
         seconds = float(sum(h.get("seconds", 0.0) for h in history)) or (
             time.perf_counter() - start

@@ -75,11 +75,22 @@ def fit(
     result = train(config, train_features, state_path, resume, progress, device, precision)
     heads = None
     if calibrated:
-        heads = [
-            fit_head(config.head_parts, model, tf, hf, config.bank_size, config.seed, 16, device)
-            for model, tf, hf in zip(result.models, train_features, held, strict=True)
-        ]
+        heads = fit_heads(config, result.models, train_features, held, device)
     return FitResult(result.models, heads, result.history, held, fit_idx)
 
 
-__all__ = ["MIN_CALIBRATED_IMAGES", "FitResult", "fit", "holdout_split"]
+def fit_heads(
+    config: FODConfig,
+    models: Sequence[FODTransformer],
+    fit_features: Sequence[Tensor],
+    holdout_features: Sequence[Tensor],
+    device: str | torch.device = "cpu",
+) -> list[CalibratedHead]:
+    """One calibrated head per level, with ``config.head_parts``, for trained ``models``."""
+    return [
+        fit_head(config.head_parts, model, tf, hf, config.bank_size, config.seed, 16, device)
+        for model, tf, hf in zip(models, fit_features, holdout_features, strict=True)
+    ]
+
+
+__all__ = ["MIN_CALIBRATED_IMAGES", "FitResult", "fit", "fit_heads", "holdout_split"]
