@@ -6,10 +6,11 @@
 >>> preds = model.predict(["a.png", "folder/"])                 # score, decision, heat map
 >>> model.save("bottle.pt"); model = fod.FOD.load("bottle.pt")
 
-Decision threshold: chosen without test labels. After training, good images are scored and
-the threshold is the largest of their image scores, i.e. the smallest value no known-good
-image exceeded. With the calibrated head (the default) these are the held-out good images,
-which the model never trained on; with the paper's head, the training images themselves
+Decision threshold: chosen without test labels. By default (calibrated head, synthetic
+validation) the held-out good images, which the model never trained on, and synthetic
+anomalies made on them are scored, and the threshold is the held-out score that best separates
+the two (:mod:`fod.training.validation`). With ``validation="none"`` it is the largest
+held-out score; with the paper's head, the largest score of the training images themselves
 (whose scores sit a little lower than unseen good images'). Pass ``threshold=`` (to the
 constructor, :meth:`FOD.predict`, or set ``model.threshold``) to choose your own operating
 point. The 1st and 99th percentiles of the same images' pixel scores are kept too, and fix the
@@ -224,7 +225,17 @@ class FOD:
         self.heads = result.heads
         self.history = result.history
         self._detector = None
+        report = None
+        if result.heads is not None and self.config.validation == "synthetic":
+            assert result.holdout_indices is not None
+            held_samples = [samples[int(i)] for i in result.holdout_indices]
+            report = self._validate(held_samples, result.holdout)
         self._calibrate(result.holdout if result.heads is not None else features)
+        if report is not None:
+            self.stats["validation"] = report
+            self.stats["threshold_rule"] = report["threshold_rule"]
+            if not self._user_threshold:
+                self.threshold = report["threshold"]
         held = int(result.holdout[0].shape[0]) if result.holdout else 0
         self.stats["num_train"] = int(features[0].shape[0]) - held
         self.stats["num_holdout"] = held
@@ -233,6 +244,27 @@ class FOD:
         self.stats["feature_seconds"] = seconds_features
         self.stats["train_seconds"] = float(sum(h.get("seconds", 0.0) for h in self.history))
         return self
+
+    def _validate(self, samples: Sequence[Sample], features: list[Tensor]) -> dict[str, Any]:
+        """Synthetic anomalies on the held-out images: level weights of the image score and
+        the threshold (:mod:`fod.training.validation`)."""
+        from fod.training.validation import validate
+
+        assert self.levels is not None and self.heads is not None
+        t0 = time.perf_counter()
+        images = load_batch([s.image for s in samples], self.config.image_size)
+        report = validate(
+            self.levels,
+            self.heads,
+            self._backbone(),
+            images,
+            features,
+            self.config.image_size,
+            seed=self.config.seed,
+            device=self.device,
+        )
+        report["seconds"] = time.perf_counter() - t0
+        return report
 
     def _calibrate(self, features: list[Tensor]) -> None:
         """Threshold and heat-map range from good images' scores: the held-out ones with the

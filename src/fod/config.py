@@ -59,6 +59,10 @@ TRAINING_KEYS: tuple[str, ...] = (
 HEADS: tuple[str, ...] = ("calibrated", "paper")
 #: Parts the calibrated head can sum (see fod.scoring.head).
 HEAD_PARTS: tuple[str, ...] = ("residual", "feature", "nearest", "paper")
+#: What the held-out images are used for beyond the heads' calibration: ``synthetic`` adds
+#: synthetic anomalies to them to weigh the levels in the image score and set the threshold
+#: (fod.training.validation); ``none`` keeps the plain average and the largest held-out score.
+VALIDATIONS: tuple[str, ...] = ("synthetic", "none")
 #: Smallest image side: the stride-16 level needs at least 2 x 2 tokens.
 MIN_IMAGE_SIZE = 32
 #: Images per forward pass where no gradient flows (backbone features, scoring of features):
@@ -118,6 +122,7 @@ class FODConfig:
     seed: int = 3407
     holdout: float = 0.2
     bank_size: int = 16384
+    validation: str = "synthetic"
 
     @classmethod
     def paper(cls, **changes: Any) -> FODConfig:
@@ -198,6 +203,12 @@ class FODConfig:
                 f"({option('head=paper', '--head paper')})"
             )
         _positive_int("bank_size", self.bank_size)
+        if self.validation not in VALIDATIONS:
+            raise ConfigError(
+                f"validation must be one of {', '.join(VALIDATIONS)}, got {self.validation!r}"
+            )
+        if self.head != "calibrated":  # the paper's head holds no images out to validate on
+            put("validation", "none")
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
         put("lr", _finite("lr", self.lr, positive=True))
@@ -277,6 +288,7 @@ PAPER: dict[str, Any] = {
     "batch_size": 1,
     "lr": 1e-4,
     "holdout": 0.0,
+    "validation": "none",
 }
 #: Named starting points of a config: ``fod train --preset NAME``.
 PRESETS: dict[str, dict[str, Any]] = {"default": {}, "paper": PAPER}
@@ -291,11 +303,13 @@ def preset_config(name: str) -> FODConfig:
 
 def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     """A stored config dict from before the calibrated head: the keys it lacks take the
-    values every model had then (the paper's head, no held-out images)."""
+    values every model had then (the paper's head, no held-out images); one from before the
+    synthetic validation had none."""
     out = dict(data)
     if "head" not in out:
         out.update(head="paper", head_parts=["paper"], holdout=0.0)
         out.setdefault("bank_size", FODConfig.__dataclass_fields__["bank_size"].default)
+    out.setdefault("validation", "none")
     return out
 
 
@@ -358,6 +372,7 @@ __all__ = [
     "PRESETS",
     "SIGNATURE_KEYS",
     "TRAINING_KEYS",
+    "VALIDATIONS",
     "ConfigError",
     "FODConfig",
     "check_keys",

@@ -43,6 +43,7 @@ _CONFIG_OPTIONS = {
     "head_parts": "head_parts",
     "holdout": "holdout",
     "bank_size": "bank_size",
+    "validation": "validation",
 }
 
 
@@ -108,7 +109,7 @@ def add_quiet_option(parser: argparse.ArgumentParser) -> None:
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     """Preset, backbone, model, variant, head and training options (defaults: the preset's)."""
-    from fod.config import HEAD_PARTS, HEADS, PRESETS, FODConfig
+    from fod.config import HEAD_PARTS, HEADS, PRESETS, VALIDATIONS, FODConfig
 
     d = FODConfig()
     p = FODConfig.paper()
@@ -202,6 +203,13 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         "--bank-size",
         type=int,
         help=f"good tokens per level in the nearest part's memory bank (default: {d.bank_size})",
+    )
+    g.add_argument(
+        "--validation",
+        choices=VALIDATIONS,
+        help="synthetic: add synthetic anomalies to the held-out images to weigh the levels "
+        "in the image score and set the threshold; none: plain average, largest held-out "
+        f"score (default: {d.validation}; paper: {p.validation})",
     )
     g = parser.add_argument_group("training")
     g.add_argument("--epochs", type=int, help=f"default: {d.epochs}; paper: {p.epochs}")

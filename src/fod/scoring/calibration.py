@@ -1,10 +1,10 @@
 """Calibration on good images: the decision threshold and the heat-map colour range.
 
 After training, good images are scored: the held-out ones with the calibrated head (the model
-never trained on them), the training images with the paper's. The threshold is the largest of
-their image scores (the smallest value no known-good image exceeded), so it is chosen without
-test labels; the 1st and 99th percentiles of their pixel scores fix the colour scale of every
-heat map.
+never trained on them), the training images with the paper's. The largest of their image
+scores (the smallest value no known-good image exceeded) is the threshold unless synthetic
+validation sets one (:mod:`fod.training.validation`); either way no test label is used.
+The 1st and 99th percentiles of their pixel scores fix the colour scale of every heat map.
 Under torchrun each rank scores its share of the images and the shares are gathered.
 
 >>> stats = calibrate(levels, train_features, image_size=256)

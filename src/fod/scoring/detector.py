@@ -2,7 +2,8 @@
 
 ``Detector`` chains the frozen backbone, the per-level FOD transformers, their token scores
 (the paper's, spec section 6, or a :class:`~fod.scoring.head.CalibratedHead` per level), the
-upsampled average and the blurred maximum. It is a plain ``nn.Module``
+upsampled average and the blurred maximum (of a level-weighted average with calibrated heads,
+see :func:`fuse_levels`). It is a plain ``nn.Module``
 with a tensor-only forward, so the same object scores a test set, serves the Python API and
 is what gets exported.
 
@@ -59,6 +60,22 @@ def level_scores(
     ]
 
 
+def fuse_levels(
+    scores: Sequence[Tensor],
+    size: int,
+    sigma: float = DEFAULT_SIGMA,
+    heads: Sequence[CalibratedHead] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Level scores -> (maps (B, S, S), image scores (B,)). The map is the levels' mean; the
+    image score is the blurred maximum of the mean weighted by the heads' ``image_weight``
+    (the same map when there are no heads)."""
+    maps = anomaly_map(scores, size)
+    if heads is None:
+        return maps, image_scores(maps, sigma)
+    weighted = [s * h.image_weight for s, h in zip(scores, heads, strict=True)]
+    return maps, image_scores(anomaly_map(weighted, size), sigma)
+
+
 class Detector(nn.Module):
     """Backbone + one FOD transformer (and optionally one calibrated head) per level ->
     ``(maps (B, S, S), scores (B,))``.
@@ -103,8 +120,8 @@ class Detector(nn.Module):
     def score_features(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """Backbone features (one (B, C_l, H_l, W_l) per level) -> (maps, scores)."""
         heads = list(self.heads) if self.heads is not None else None
-        maps = anomaly_map(level_scores(list(self.levels), features, heads), self.image_size)
-        return maps, image_scores(maps, self.sigma)
+        scores = level_scores(list(self.levels), features, heads)
+        return fuse_levels(scores, self.image_size, self.sigma, heads)
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -138,9 +155,9 @@ def score_features(
     maps, scores = [], []
     for first in range(0, n, max(1, batch_size)):
         batch = [f[first : first + batch_size].to(device) for f in features]
-        m = anomaly_map(level_scores(levels, batch, heads), image_size)
+        m, s = fuse_levels(level_scores(levels, batch, heads), image_size, sigma, heads)
         maps.append(m.cpu())
-        scores.append(image_scores(m, sigma).cpu())
+        scores.append(s.cpu())
     return torch.cat(maps), torch.cat(scores)
 
 
@@ -217,6 +234,7 @@ def score_samples(
 __all__ = [
     "Detector",
     "ScoredSet",
+    "fuse_levels",
     "head_scores",
     "level_scores",
     "score_features",

@@ -12,9 +12,11 @@ a nearest-patch distance of a training image to a bank that holds it is zero):
 - ``nearest``: distance of ``x`` to the nearest token of a memory bank of good tokens;
 - ``paper``: the paper's token score for the model's variant.
 
-Standardising each part makes them addable and the levels comparable (the image score and the
-heat map average levels). All statistics are buffers, so a head saves with ``state_dict`` and
-exports with the rest of the :class:`~fod.scoring.Detector`.
+Standardising each part makes them addable and the levels comparable (the heat map averages
+levels). The image score may weigh the levels differently: ``image_weight`` is each level's
+weight times the number of levels (1 everywhere: the plain average), chosen on synthetic
+anomalies by :mod:`fod.training.validation`. All statistics are buffers, so a head saves
+with ``state_dict`` and exports with the rest of the :class:`~fod.scoring.Detector`.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class CalibratedHead(nn.Module):
         self.shrinkage: dict[str, float] = {}
         self.register_buffer("center", torch.zeros(len(self.parts)))
         self.register_buffer("scale", torch.ones(len(self.parts)))
+        self.register_buffer("image_weight", torch.ones(()))
 
     @property
     def needs_model(self) -> bool:
@@ -134,6 +137,8 @@ class CalibratedHead(nn.Module):
         channels = int(source.shape[1]) if source is not None else int(state["bank"].shape[1])
         bank = int(state["bank"].shape[0]) if "bank" in state else 0
         head = cls(parts, variant, height * width, channels, bank, height, width)
+        if "image_weight" not in state:  # files from before the image weights: plain average
+            state = {**state, "image_weight": torch.ones(())}
         head.load_state_dict(state, strict=True)
         return head.eval()
 

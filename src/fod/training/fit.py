@@ -53,6 +53,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     holdout: list[Tensor] = field(default_factory=list)
     fit_indices: Tensor | None = None
+    holdout_indices: Tensor | None = None
 
 
 def fit(
@@ -76,7 +77,7 @@ def fit(
     heads = None
     if calibrated:
         heads = fit_heads(config, result.models, train_features, held, device)
-    return FitResult(result.models, heads, result.history, held, fit_idx)
+    return FitResult(result.models, heads, result.history, held, fit_idx, held_idx)
 
 
 def fit_heads(

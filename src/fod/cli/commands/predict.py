@@ -27,9 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="score images and write heat maps",
         description=(
             "Score image files and folders (searched recursively) with MODEL. An image is "
-            "anomalous when its score exceeds the threshold (default: the model's, the largest "
-            "training score). With --out, writes one heat-map picture per image and "
-            "predictions.csv (or .json). Images that cannot be read are listed and skipped; "
+            "anomalous when its score exceeds the threshold (default: the model's, set "
+            "at training without test labels). With --out, writes one heat-map picture per image "
+            "and predictions.csv (or .json). Images that cannot be read are listed and skipped; "
             "the exit code is then 3 instead of 0 (--strict: stop at the first, exit code 2)."
         ),
     )

@@ -31,7 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=(
             "Train FOD on the defect-free training images of DATA (an MVTec AD, BTAD or "
             "MVTec 3D-AD category folder, or a folder of good images) and write one model file. "
-            "The decision threshold is the largest score of the training images."
+            "The decision threshold is set on held-out good images and synthetic anomalies "
+            "made on them (the paper's head: the largest score of the training images)."
         ),
     )
     parser.add_argument("data", metavar="DATA", help="category folder or folder of good images")

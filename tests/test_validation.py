@@ -1,0 +1,183 @@
+"""Synthetic anomalies and the validation on them: masks against their pixels, the level-weight
+choice and the threshold against brute force, and the whole path through fit, a model file and
+the detector."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_config
+from scipy.ndimage import gaussian_filter
+
+from fod.config import FODConfig, legacy_config
+from fod.data.anomalies import (
+    KINDS,
+    MAX_AREA,
+    MIN_CHANGE,
+    add_anomaly,
+    anomaly_region,
+    perlin_noise,
+    synthetic_anomalies,
+)
+from fod.scoring.head import CalibratedHead
+from fod.training.validation import (
+    THRESHOLD_RULE,
+    choose_image_weights,
+    separating_threshold,
+    weight_grid,
+    weighted_image_scores,
+)
+
+
+def _good_images(n: int = 3, size: int = 48, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.linspace(0.2, 0.8, size).view(1, 1, 1, size).expand(n, 3, size, size)
+    return (base + 0.05 * torch.rand(n, 3, size, size, generator=g)).clamp(0, 1)
+
+
+def test_perlin_noise_vanishes_on_the_lattice_and_stays_bounded():
+    rng = np.random.default_rng(0)
+    noise = perlin_noise(64, 48, (4, 3), rng)
+    assert noise.shape == (64, 48)
+    # lattice points fall on every 16th pixel in both axes: gradient noise is 0 there
+    np.testing.assert_allclose(noise[::16, ::16], 0.0, atol=1e-12)
+    assert np.abs(noise).max() <= 1.0 + 1e-9
+    assert noise.std() > 0.1
+    # smooth: neighbouring pixels differ far less than the range
+    assert np.abs(np.diff(noise, axis=0)).max() < 0.2
+
+
+def test_regions_cover_a_bounded_share_of_the_image():
+    for seed in range(20):
+        region = anomaly_region(64, 64, np.random.default_rng(seed))
+        assert region.dtype == bool
+        assert 0 < region.mean() <= MAX_AREA + 1e-9
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_masks_are_exactly_the_changed_pixels(kind):
+    images = _good_images(2)
+    img, other = images[0].numpy(), images[1].numpy()
+    for seed in range(4):
+        out, mask = add_anomaly(img, other, kind, np.random.default_rng(seed))
+        changed = np.zeros(mask.shape, dtype=bool)
+        for y, x in itertools.product(range(mask.shape[0]), range(mask.shape[1])):
+            changed[y, x] = any(abs(out[c, y, x] - img[c, y, x]) > MIN_CHANGE for c in range(3))
+        np.testing.assert_array_equal(mask, changed)
+        np.testing.assert_array_equal(out[:, ~mask], img[:, ~mask])  # untouched outside
+        assert mask.any() and out.min() >= 0 and out.max() <= 1
+
+
+def test_synthetic_anomalies_are_seeded_and_cycle_through_kinds():
+    images = _good_images(3)
+    a, masks, kinds = synthetic_anomalies(images, 7, seed=5)
+    b, masks_b, _ = synthetic_anomalies(images, 7, seed=5)
+    c, _, _ = synthetic_anomalies(images, 7, seed=6)
+    assert a.shape == (7, 3, 48, 48) and masks.shape == (7, 48, 48) and masks.dtype == torch.bool
+    assert torch.equal(a, b) and torch.equal(masks, masks_b)
+    assert not torch.equal(a, c)
+    assert set(kinds) == set(KINDS)
+    for i in range(7):  # each made from image i % 3, changed exactly under its mask
+        diff = (a[i] - images[i % 3]).abs().amax(0)
+        assert torch.equal(diff > MIN_CHANGE, masks[i])
+    with pytest.raises(ValueError, match="count >= 1"):
+        synthetic_anomalies(images, 0)
+
+
+def test_weight_grid_is_every_step_weighting_summing_to_one():
+    assert weight_grid(1) == [(1.0,)]
+    assert weight_grid(2) == [(1.0, 0.0), (0.75, 0.25), (0.5, 0.5), (0.25, 0.75), (0.0, 1.0)]
+    three = weight_grid(3)
+    brute = {w for w in itertools.product((0, 0.25, 0.5, 0.75, 1.0), repeat=3) if sum(w) == 1.0}
+    assert set(three) == brute and len(three) == 15
+
+
+def test_weighted_image_scores_match_scipy():
+    g = torch.Generator().manual_seed(0)
+    levels = [torch.rand(2, 8, 8, generator=g), torch.rand(2, 4, 4, generator=g)]
+    weights = (0.25, 0.75)
+    got = weighted_image_scores(levels, weights, 32, sigma=2.0)
+    ups = [
+        F.interpolate(s[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+        for s in levels
+    ]
+    mixed = (weights[0] * ups[0] + weights[1] * ups[1]).double().numpy()
+    want = [gaussian_filter(m, 2.0, mode="reflect", truncate=4.0).max() for m in mixed]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+
+
+def test_choose_image_weights_keeps_the_separating_level_and_breaks_ties_to_uniform():
+    g = torch.Generator().manual_seed(0)
+    # level 0 misleads (good images score high there), level 1 separates
+    good = [3 + torch.rand(20, 4, 4, generator=g), torch.zeros(20, 4, 4)]
+    anomalous = [torch.rand(20, 4, 4, generator=g), torch.ones(20, 4, 4)]
+    weights, table = choose_image_weights(good, anomalous, 16, sigma=1.0)
+    assert weights == (0.0, 1.0)
+    assert len(table) == 5 and max(r["auroc"] for r in table) == 1.0
+    # both levels separate perfectly: all tie at 1.0, the plain average wins
+    weights, _ = choose_image_weights(
+        [torch.zeros(5, 4, 4)] * 2, [torch.ones(5, 4, 4)] * 2, 16, sigma=1.0
+    )
+    assert weights == (0.5, 0.5)
+
+
+def test_separating_threshold_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        good = rng.normal(0, 1, 30).round(1)
+        anomalous = rng.normal(1.5, 1, 25).round(1)
+        best, best_t = -np.inf, None
+        for t in sorted(set(good)):
+            gain = np.mean(anomalous > t) - np.mean(good > t)
+            if gain >= best - 1e-12:  # later (higher) thresholds win ties
+                best, best_t = max(best, gain), t
+        assert separating_threshold(good, anomalous) == pytest.approx(best_t)
+    good, anomalous = np.array([0.1, 0.4, 0.2]), np.array([0.9, 0.5])
+    assert separating_threshold(good, anomalous) == pytest.approx(0.4)
+
+
+def test_fit_validates_on_synthetic_anomalies_and_saves_the_weights(generated, tmp_path):
+    from fod.api import FOD
+
+    model = FOD(tiny_config(), device="cpu", progress=False).fit(generated)
+    report = model.stats["validation"]
+    assert report["anomalies"] >= 64 and sum(report["kinds"].values()) == report["anomalies"]
+    assert report["good_images"] == model.stats["num_holdout"]
+    weights = report["image_weights"]
+    assert tuple(weights) in weight_grid(2)
+    assert [float(h.image_weight) for h in model.heads] == pytest.approx([2 * w for w in weights])
+    best = max(r["auroc"] for r in report["weightings"])
+    assert report["image_auroc"] == pytest.approx(best)
+    assert model.threshold == pytest.approx(report["threshold"])
+    assert model.stats["threshold_rule"] == THRESHOLD_RULE
+    path = model.save(tmp_path / "m.pt")
+    loaded = FOD.load(path, device="cpu", progress=False)
+    assert [float(h.image_weight) for h in loaded.heads] == pytest.approx([2 * w for w in weights])
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loaded.score(images)[1], model.score(images)[1])
+
+
+def test_without_validation_the_levels_are_averaged_and_the_threshold_is_the_max(generated):
+    from fod.api import FOD
+
+    model = FOD(tiny_config(validation="none"), device="cpu", progress=False).fit(generated)
+    assert "validation" not in model.stats
+    assert [float(h.image_weight) for h in model.heads] == [1.0, 1.0]
+    assert model.threshold == model.stats["train_score_max"]
+
+
+def test_validation_settings_presets_and_legacy_heads():
+    assert FODConfig().validation == "synthetic"
+    assert FODConfig.paper().validation == "none"
+    assert FODConfig(head="paper", holdout=0.0).validation == "none"
+    assert legacy_config({"head": "calibrated"})["validation"] == "none"
+    with pytest.raises(ValueError, match="validation must be one of synthetic, none"):
+        FODConfig(validation="test")
+    head = CalibratedHead(("feature",), FODConfig().variant, 4, 3, 0, 2, 2)
+    state = {k: v for k, v in head.state_dict().items() if k != "image_weight"}
+    loaded = CalibratedHead.from_state_dict(state, ("feature",), FODConfig().variant, 2, 2)
+    assert float(loaded.image_weight) == 1.0
