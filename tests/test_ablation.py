@@ -16,7 +16,7 @@ from fod.experiments.ablation import run_ablation
 from fod.experiments.ablation_rows import ablation_rows, paper_rows
 
 ROWS = ["patch", "intra_noent_div", "inter_coreset", "full", "head_feature_nearest",
-        "head_residual_nearest"]  # fmt: skip
+        "head_residual_nearest", "head_residual_nearest_validated"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
         table = list(csv.DictReader(f))
     assert [r["views"] for r in table] == ["patch-wise", "intra", "inter"] + [
         "patch + intra + inter"
-    ] * 3
+    ] * 4
     assert float(table[3]["image_auroc"]) == pytest.approx(report["rows"][3]["image_auroc"])
     assert float(table[3]["paper_mvtec"]) == 0.992
     # paper rows: the paper's head on every image; head rows: the parts they name, calibrated
@@ -69,7 +69,13 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
                        ("head_residual_nearest", ["residual", "nearest"])):  # fmt: skip
         stored = json.loads((out / "rows" / f"{key}.json").read_text())["config"]
         assert stored["head"] == "calibrated" and stored["head_parts"] == parts
-        assert stored["holdout"] > 0
+        assert stored["holdout"] > 0 and stored["validation"] == "none"
+    # validation weighs the levels of the image score only: the same heat maps
+    rows = {r["key"]: r for r in report["rows"]}
+    validated = json.loads((out / "rows" / f"{ROWS[-1]}.json").read_text())["config"]
+    assert validated["validation"] == "synthetic"
+    for key in ("pixel_auroc", "aupro"):
+        assert rows[ROWS[-1]][key] == pytest.approx(rows["head_residual_nearest"][key], abs=1e-9)
     assert not (out / "rows" / "calibrated.state.pt").exists()
     md = (out / "ablation.md").read_text()
     assert "| patch + intra + inter | with | mean | Rec & Div |" in md

@@ -248,23 +248,12 @@ class FOD:
     def _validate(self, samples: Sequence[Sample], features: list[Tensor]) -> dict[str, Any]:
         """Synthetic anomalies on the held-out images: level weights of the image score and
         the threshold (:mod:`fod.training.validation`)."""
-        from fod.training.validation import validate
+        from fod.training.validation import validate_samples
 
         assert self.levels is not None and self.heads is not None
-        t0 = time.perf_counter()
-        images = load_batch([s.image for s in samples], self.config.image_size)
-        report = validate(
-            self.levels,
-            self.heads,
-            self._backbone(),
-            images,
-            features,
-            self.config.image_size,
-            seed=self.config.seed,
-            device=self.device,
+        return validate_samples(
+            self.levels, self.heads, self._backbone(), samples, features, self.config, self.device
         )
-        report["seconds"] = time.perf_counter() - t0
-        return report
 
     def _calibrate(self, features: list[Tensor]) -> None:
         """Threshold and heat-map range from good images' scores: the held-out ones with the

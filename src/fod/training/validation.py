@@ -20,6 +20,7 @@ ranked them as the real ones did (README, "Why the default is what it is").
 from __future__ import annotations
 
 import itertools
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -28,7 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fod.config import INFERENCE_BATCH_SIZE
+from fod.config import INFERENCE_BATCH_SIZE, FODConfig
+from fod.data import Sample, load_batch
 from fod.data.anomalies import synthetic_anomalies
 from fod.metrics import pixel_auroc
 from fod.metrics.classification import auroc_from_groups
@@ -172,6 +174,26 @@ def validate(
     }
 
 
+def validate_samples(
+    levels: Sequence[FODTransformer],
+    heads: Sequence[CalibratedHead],
+    backbone: torch.nn.Module,
+    samples: Sequence[Sample],
+    features: Sequence[Tensor],
+    config: FODConfig,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """:func:`validate` on held-out ``samples`` (read from disk at ``config.image_size``)
+    whose backbone ``features`` are at hand; the report also gives its ``seconds``."""
+    start = time.perf_counter()
+    images = load_batch([s.image for s in samples], config.image_size)
+    report = validate(
+        levels, heads, backbone, images, features, config.image_size, config.seed, device
+    )
+    report["seconds"] = time.perf_counter() - start
+    return report
+
+
 __all__ = [
     "MIN_ANOMALIES",
     "THRESHOLD_RULE",
@@ -179,6 +201,7 @@ __all__ = [
     "choose_image_weights",
     "separating_threshold",
     "validate",
+    "validate_samples",
     "weight_grid",
     "weighted_image_scores",
 ]
