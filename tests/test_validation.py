@@ -23,13 +23,14 @@ from fod.data.anomalies import (
     perlin_noise,
     synthetic_anomalies,
 )
+from fod.scoring.detector import weighted_image_scores
 from fod.scoring.head import CalibratedHead
 from fod.training.validation import (
     THRESHOLD_RULE,
-    choose_image_weights,
+    choose_image_weighting,
+    image_weights,
     separating_threshold,
     weight_grid,
-    weighted_image_scores,
 )
 
 
@@ -98,31 +99,39 @@ def test_weight_grid_is_every_step_weighting_summing_to_one():
 
 def test_weighted_image_scores_match_scipy():
     g = torch.Generator().manual_seed(0)
-    levels = [torch.rand(2, 8, 8, generator=g), torch.rand(2, 4, 4, generator=g)]
-    weights = (0.25, 0.75)
+    # two levels of two parts; the image score keeps part 0 only, levels weighted 1/4, 3/4
+    levels = [torch.rand(2, 2, 8, 8, generator=g), torch.rand(2, 2, 4, 4, generator=g)]
+    weights = image_weights((0.25, 0.75), (True, False))
+    assert [w.tolist() for w in weights] == [[0.5, 0.0], [1.5, 0.0]]
     got = weighted_image_scores(levels, weights, 32, sigma=2.0)
     ups = [
-        F.interpolate(s[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+        F.interpolate(s[:, :1], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
         for s in levels
     ]
-    mixed = (weights[0] * ups[0] + weights[1] * ups[1]).double().numpy()
+    mixed = (0.25 * ups[0] + 0.75 * ups[1]).double().numpy()
     want = [gaussian_filter(m, 2.0, mode="reflect", truncate=4.0).max() for m in mixed]
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
 
 
-def test_choose_image_weights_keeps_the_separating_level_and_breaks_ties_to_uniform():
+def test_choose_image_weighting_keeps_what_separates_and_breaks_ties_to_all_and_uniform():
     g = torch.Generator().manual_seed(0)
-    # level 0 misleads (good images score high there), level 1 separates
-    good = [3 + torch.rand(20, 4, 4, generator=g), torch.zeros(20, 4, 4)]
-    anomalous = [torch.rand(20, 4, 4, generator=g), torch.ones(20, 4, 4)]
-    weights, table = choose_image_weights(good, anomalous, 16, sigma=1.0)
-    assert weights == (0.0, 1.0)
-    assert len(table) == 5 and max(r["auroc"] for r in table) == 1.0
-    # both levels separate perfectly: all tie at 1.0, the plain average wins
-    weights, _ = choose_image_weights(
-        [torch.zeros(5, 4, 4)] * 2, [torch.ones(5, 4, 4)] * 2, 16, sigma=1.0
-    )
-    assert weights == (0.5, 0.5)
+
+    def parts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.stack([a, b], dim=1)
+
+    # level 0 misleads (good images score high there), level 1 separates in part "b" only
+    noise = [torch.rand(20, 4, 4, generator=g) for _ in range(4)]
+    good = [parts(3 + noise[0], 3 + noise[1]), parts(3 + noise[2], torch.zeros(20, 4, 4))]
+    anomalous = [parts(noise[3], noise[3]), parts(noise[1], torch.ones(20, 4, 4))]
+    best, table = choose_image_weighting(good, anomalous, ("a", "b"), 16, sigma=1.0)
+    assert (best["levels"], best["parts"]) == ([0.0, 1.0], ["b"])
+    assert len(table) == 3 * 5 and best["auroc"] == 1.0
+    brute = max(table, key=lambda r: r["auroc"])["auroc"]
+    assert best["auroc"] == brute
+    # everything separates perfectly: all tie at 1.0; all parts and the plain average win
+    z, o = torch.zeros(5, 2, 4, 4), torch.ones(5, 2, 4, 4)
+    best, _ = choose_image_weighting([z, z], [o, o], ("a", "b"), 16, sigma=1.0)
+    assert (best["levels"], best["parts"]) == ([0.5, 0.5], ["a", "b"])
 
 
 def test_separating_threshold_matches_brute_force():
@@ -147,16 +156,17 @@ def test_fit_validates_on_synthetic_anomalies_and_saves_the_weights(generated, t
     report = model.stats["validation"]
     assert report["anomalies"] >= 64 and sum(report["kinds"].values()) == report["anomalies"]
     assert report["good_images"] == model.stats["num_holdout"]
-    weights = report["image_weights"]
-    assert tuple(weights) in weight_grid(2)
-    assert [float(h.image_weight) for h in model.heads] == pytest.approx([2 * w for w in weights])
+    levels, kept = report["image_levels"], report["image_parts"]
+    assert tuple(levels) in weight_grid(2) and set(kept) <= set(model.config.head_parts)
+    want = [2 * w * (p in kept) for w in levels for p in model.config.head_parts]
+    assert torch.cat([h.image_weight for h in model.heads]).tolist() == pytest.approx(want)
     best = max(r["auroc"] for r in report["weightings"])
     assert report["image_auroc"] == pytest.approx(best)
     assert model.threshold == pytest.approx(report["threshold"])
     assert model.stats["threshold_rule"] == THRESHOLD_RULE
     path = model.save(tmp_path / "m.pt")
     loaded = FOD.load(path, device="cpu", progress=False)
-    assert [float(h.image_weight) for h in loaded.heads] == pytest.approx([2 * w for w in weights])
+    assert torch.cat([h.image_weight for h in loaded.heads]).tolist() == pytest.approx(want)
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(loaded.score(images)[1], model.score(images)[1])
 
@@ -166,7 +176,7 @@ def test_without_validation_the_levels_are_averaged_and_the_threshold_is_the_max
 
     model = FOD(tiny_config(validation="none"), device="cpu", progress=False).fit(generated)
     assert "validation" not in model.stats
-    assert [float(h.image_weight) for h in model.heads] == [1.0, 1.0]
+    assert [h.image_weight.tolist() for h in model.heads] == [[1.0, 1.0], [1.0, 1.0]]
     assert model.threshold == model.stats["train_score_max"]
 
 
@@ -180,4 +190,4 @@ def test_validation_settings_presets_and_legacy_heads():
     head = CalibratedHead(("feature",), FODConfig().variant, 4, 3, 0, 2, 2)
     state = {k: v for k, v in head.state_dict().items() if k != "image_weight"}
     loaded = CalibratedHead.from_state_dict(state, ("feature",), FODConfig().variant, 2, 2)
-    assert float(loaded.image_weight) == 1.0
+    assert loaded.image_weight.tolist() == [1.0]

@@ -32,14 +32,15 @@ from fod.scoring.head import CalibratedHead
 
 
 def head_scores(model: FODTransformer, head: CalibratedHead, features: Tensor) -> Tensor:
-    """(B, H, W) calibrated scores; the transformer runs only when a part needs its output."""
+    """(B, P, H, W) standardised part scores of a calibrated head; the transformer runs only
+    when a part needs its output."""
     if head.needs_model:
         branches = score_branches(model.variant) if "paper" in head.parts else frozenset()
         output = model(features, div_branches=branches, entropy=False)
     else:
         tokens = features.flatten(2).transpose(1, 2)
         output = FODOutput(tokens, tokens)
-    return head(output)
+    return head.standardised(output)
 
 
 def level_scores(
@@ -47,8 +48,9 @@ def level_scores(
     features: Sequence[Tensor],
     heads: Sequence[CalibratedHead] | None = None,
 ) -> list[Tensor]:
-    """(B, H_l, W_l) token scores of each level for its (B, C_l, H_l, W_l) features: the
-    paper's (``heads`` None) or each level's calibrated head."""
+    """Token scores of each level for its (B, C_l, H_l, W_l) features: the paper's, (B, H_l,
+    W_l), when ``heads`` is None, else each calibrated head's standardised parts, (B, P, H_l,
+    W_l)."""
     if len(levels) != len(features):
         raise ValueError(f"{len(levels)} level models but {len(features)} feature levels")
     if heads is None:
@@ -66,14 +68,28 @@ def fuse_levels(
     sigma: float = DEFAULT_SIGMA,
     heads: Sequence[CalibratedHead] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Level scores -> (maps (B, S, S), image scores (B,)). The map is the levels' mean; the
-    image score is the blurred maximum of the mean weighted by the heads' ``image_weight``
-    (the same map when there are no heads)."""
-    maps = anomaly_map(scores, size)
+    """:func:`level_scores` -> (maps (B, S, S), image scores (B,)). The map is the levels' mean
+    (of the parts' sum, with heads); the image score is the blurred maximum of the map, or with
+    heads of the mean of the parts weighted by each head's ``image_weight``."""
     if heads is None:
+        maps = anomaly_map(scores, size)
         return maps, image_scores(maps, sigma)
-    weighted = [s * h.image_weight for s, h in zip(scores, heads, strict=True)]
-    return maps, image_scores(anomaly_map(weighted, size), sigma)
+    maps = anomaly_map([z.sum(dim=1) for z in scores], size)
+    return maps, weighted_image_scores(scores, [h.image_weight for h in heads], size, sigma)
+
+
+def weighted_image_scores(
+    scores: Sequence[Tensor],
+    image_weights: Sequence[Tensor],
+    size: int,
+    sigma: float = DEFAULT_SIGMA,
+) -> Tensor:
+    """(B,) image scores of standardised part scores (one (B, P, H_l, W_l) per level): the
+    blurred maximum of the level mean of each level's parts weighted by its (P,) weights."""
+    weighted = [
+        (z * w.view(1, -1, 1, 1)).sum(dim=1) for z, w in zip(scores, image_weights, strict=True)
+    ]
+    return image_scores(anomaly_map(weighted, size), sigma)
 
 
 class Detector(nn.Module):
@@ -239,4 +255,5 @@ __all__ = [
     "level_scores",
     "score_features",
     "score_samples",
+    "weighted_image_scores",
 ]

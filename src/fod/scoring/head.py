@@ -13,10 +13,11 @@ a nearest-patch distance of a training image to a bank that holds it is zero):
 - ``paper``: the paper's token score for the model's variant.
 
 Standardising each part makes them addable and the levels comparable (the heat map averages
-levels). The image score may weigh the levels differently: ``image_weight`` is each level's
-weight times the number of levels (1 everywhere: the plain average), chosen on synthetic
-anomalies by :mod:`fod.training.validation`. All statistics are buffers, so a head saves
-with ``state_dict`` and exports with the rest of the :class:`~fod.scoring.Detector`.
+levels). The image score may weigh levels and parts differently: ``image_weight`` holds, per
+part, the level's weight times the number of levels, or 0 for a part left out (1 everywhere:
+the plain sum and average), chosen on synthetic anomalies by
+:mod:`fod.training.validation`. All statistics are buffers, so a head saves with
+``state_dict`` and exports with the rest of the :class:`~fod.scoring.Detector`.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class CalibratedHead(nn.Module):
         self.shrinkage: dict[str, float] = {}
         self.register_buffer("center", torch.zeros(len(self.parts)))
         self.register_buffer("scale", torch.ones(len(self.parts)))
-        self.register_buffer("image_weight", torch.ones(()))
+        self.register_buffer("image_weight", torch.ones(len(self.parts)))
 
     @property
     def needs_model(self) -> bool:
@@ -113,14 +114,15 @@ class CalibratedHead(nn.Module):
                 out.append(score.flatten(1))
         return out
 
+    def standardised(self, output: FODOutput) -> Tensor:
+        """(B, P, H, W): each part's score minus its centre, over its scale."""
+        z = torch.stack(self.part_scores(output), dim=1)
+        z = (z - self.center.view(1, -1, 1)) / self.scale.view(1, -1, 1)
+        return z.reshape(z.shape[0], len(self.parts), self.height, self.width)
+
     def forward(self, output: FODOutput) -> Tensor:
-        """(B, H, W): the sum of the standardised parts."""
-        total = None
-        for i, score in enumerate(self.part_scores(output)):
-            z = (score - self.center[i]) / self.scale[i]
-            total = z if total is None else total + z
-        assert total is not None
-        return total.reshape(-1, self.height, self.width)
+        """(B, H, W): the sum of the standardised parts (the heat map's token scores)."""
+        return self.standardised(output).sum(dim=1)
 
     @classmethod
     def from_state_dict(
@@ -138,7 +140,7 @@ class CalibratedHead(nn.Module):
         bank = int(state["bank"].shape[0]) if "bank" in state else 0
         head = cls(parts, variant, height * width, channels, bank, height, width)
         if "image_weight" not in state:  # files from before the image weights: plain average
-            state = {**state, "image_weight": torch.ones(())}
+            state = {**state, "image_weight": torch.ones(len(parts))}
         head.load_state_dict(state, strict=True)
         return head.eval()
 

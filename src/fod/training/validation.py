@@ -4,15 +4,16 @@ After training, the held-out good images (which neither the transformers nor the
 seen) get synthetic anomalies (:mod:`fod.data.anomalies`). Good and anomalous versions are
 scored, and the result
 
-- weighs the levels in the image score: every weighting on a grid (multiples of
-  :data:`WEIGHT_STEP` summing to 1) is tried and the one with the highest image AUROC of good
-  against anomalous images is kept (ties go to the weighting nearest the plain average), and
+- weighs the levels and picks the head's parts in the image score: every level weighting on
+  a grid (multiples of :data:`WEIGHT_STEP` summing to 1) with every non-empty subset of the
+  parts is tried, and the one with the highest image AUROC of good against anomalous images
+  is kept (ties go to more parts, then to the weighting nearest the plain average), and
 - sets the decision threshold: the score that best separates the two groups (largest true
   positive rate minus false positive rate; ties go to the highest score, fewer false alarms).
 
-The heat map keeps the plain average of the levels: on MTD the synthetic pixel AUROC ranked
-level weights and parts differently from the real defects, while the synthetic image AUROC
-ranked them as the real ones did (README, "Why the default is what it is").
+The heat map keeps every part and the plain average of the levels: on MTD the synthetic pixel
+AUROC ranked level weights and parts differently from the real defects, while the synthetic
+image AUROC ranked them as the real ones did (README, "Why the default is what it is").
 
 >>> report = validate(levels, heads, backbone, good_images, good_features, image_size=256)
 """
@@ -35,8 +36,8 @@ from fod.data.anomalies import synthetic_anomalies
 from fod.metrics import pixel_auroc
 from fod.metrics.classification import auroc_from_groups
 from fod.model import FODTransformer
-from fod.scoring.anomaly_map import DEFAULT_SIGMA, anomaly_map, image_scores
-from fod.scoring.detector import level_scores
+from fod.scoring.anomaly_map import DEFAULT_SIGMA, anomaly_map
+from fod.scoring.detector import level_scores, weighted_image_scores
 from fod.scoring.head import CalibratedHead
 
 #: Level weights are multiples of this step.
@@ -62,35 +63,40 @@ def weight_grid(levels: int, step: float = WEIGHT_STEP) -> list[tuple[float, ...
     return sorted(grid, reverse=True)
 
 
-def weighted_image_scores(
-    scores: Sequence[Tensor], weights: Sequence[float], size: int, sigma: float = DEFAULT_SIGMA
-) -> Tensor:
-    """Image scores of the level scores weighted by ``weights`` (which sum to 1)."""
-    n = len(scores)
-    return image_scores(
-        anomaly_map([s * (n * w) for s, w in zip(scores, weights, strict=True)], size), sigma
-    )
+def image_weights(levels: Sequence[float], parts: Sequence[bool]) -> list[Tensor]:
+    """Each level's (P,) ``image_weight``: its level weight times the number of levels for
+    the parts kept, 0 for the others."""
+    keep = torch.tensor([1.0 if p else 0.0 for p in parts])
+    return [keep * (len(levels) * w) for w in levels]
 
 
-def choose_image_weights(
+def choose_image_weighting(
     good: Sequence[Tensor],
     anomalous: Sequence[Tensor],
+    parts: Sequence[str],
     size: int,
     sigma: float = DEFAULT_SIGMA,
-) -> tuple[tuple[float, ...], list[dict[str, Any]]]:
-    """The level weighting whose image scores best separate ``good`` from ``anomalous``
-    level scores (one (N, H_l, W_l) tensor per level each), and the AUROC of every weighting."""
-    uniform = np.full(len(good), 1.0 / len(good))
-    table = []
-    for weights in weight_grid(len(good)):
-        g = weighted_image_scores(good, weights, size, sigma).double().numpy()
-        a = weighted_image_scores(anomalous, weights, size, sigma).double().numpy()
-        distance = float(np.abs(np.asarray(weights) - uniform).sum())
-        table.append({"weights": list(weights), "auroc": auroc_from_groups(a, g), "_d": distance})
-    best = max(table, key=lambda row: (row["auroc"], -row["_d"]))
-    for row in table:
-        del row["_d"]
-    return tuple(best["weights"]), table
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The level weights and parts whose image scores best separate ``good`` from
+    ``anomalous`` standardised part scores (one (N, P, H_l, W_l) tensor per level each), and
+    the AUROC of every combination (rows of ``levels``, ``parts``, ``auroc``)."""
+    n_levels, n_parts = len(good), len(parts)
+    uniform = np.full(n_levels, 1.0 / n_levels)
+    table, keys = [], []
+    for r in range(n_parts, 0, -1):
+        for kept in itertools.combinations(range(n_parts), r):
+            mask = [i in kept for i in range(n_parts)]
+            for levels in weight_grid(n_levels):
+                w = image_weights(levels, mask)
+                g = weighted_image_scores(good, w, size, sigma).double().numpy()
+                a = weighted_image_scores(anomalous, w, size, sigma).double().numpy()
+                auroc = auroc_from_groups(a, g)
+                names = [parts[i] for i in kept]
+                table.append({"levels": list(levels), "parts": names, "auroc": auroc})
+                distance = float(np.abs(np.asarray(levels) - uniform).sum())
+                keys.append((auroc, r, -distance))
+    best = table[max(range(len(table)), key=keys.__getitem__)]
+    return best, table
 
 
 def separating_threshold(good: np.ndarray, anomalous: np.ndarray) -> float:
@@ -145,27 +151,36 @@ def validate(
 ) -> dict[str, Any]:
     """Set each head's ``image_weight`` from synthetic anomalies on ``good_images`` (the
     held-out images, (N, 3, S, S) in [0, 1], with their backbone ``good_features``) and
-    return the report: the anomalies made, the AUROC of every level weighting, the chosen
-    weights, the synthetic pixel AUROC of the heat map and the separating threshold."""
+    return the report: the anomalies made, the AUROC of every combination of level weights
+    and parts, the chosen one, the synthetic pixel AUROC of the heat map and the separating
+    threshold."""
     device = torch.device(device)
     n = int(good_images.shape[0])
     count = max(MIN_ANOMALIES, PER_IMAGE * n)
     images, masks, kinds = synthetic_anomalies(good_images, count, seed)
     good = _scores(levels, heads, good_features, device)
     anomalous = _scores(levels, heads, _backbone_features(backbone, images, device), device)
-    weights, table = choose_image_weights(good, anomalous, image_size, sigma)
+    parts = heads[0].parts
+    best, table = choose_image_weighting(good, anomalous, parts, image_size, sigma)
+    weights = image_weights(best["levels"], [p in best["parts"] for p in parts])
     for head, w in zip(heads, weights, strict=True):
-        head.image_weight = torch.tensor(len(heads) * w, device=head.image_weight.device)
+        head.image_weight = w.to(head.image_weight.device)
     g_scores = weighted_image_scores(good, weights, image_size, sigma).double().numpy()
     a_scores = weighted_image_scores(anomalous, weights, image_size, sigma).double().numpy()
     k = PIXEL_STRIDE
-    maps = torch.cat([anomaly_map(good, image_size), anomaly_map(anomalous, image_size)])
+    maps = torch.cat(
+        [
+            anomaly_map([z.sum(1) for z in good], image_size),
+            anomaly_map([z.sum(1) for z in anomalous], image_size),
+        ]
+    )
     truth = torch.cat([torch.zeros(n, image_size, image_size, dtype=torch.bool), masks])
     return {
         "good_images": n,
         "anomalies": count,
         "kinds": dict(Counter(kinds)),
-        "image_weights": list(weights),
+        "image_levels": best["levels"],
+        "image_parts": best["parts"],
         "image_auroc": auroc_from_groups(a_scores, g_scores),
         "weightings": table,
         "pixel_auroc": pixel_auroc(truth[:, ::k, ::k].numpy(), maps[:, ::k, ::k].numpy()),
@@ -198,10 +213,10 @@ __all__ = [
     "MIN_ANOMALIES",
     "THRESHOLD_RULE",
     "WEIGHT_STEP",
-    "choose_image_weights",
+    "choose_image_weighting",
+    "image_weights",
     "separating_threshold",
     "validate",
     "validate_samples",
     "weight_grid",
-    "weighted_image_scores",
 ]
