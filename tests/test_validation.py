@@ -191,3 +191,22 @@ def test_validation_settings_presets_and_legacy_heads():
     state = {k: v for k, v in head.state_dict().items() if k != "image_weight"}
     loaded = CalibratedHead.from_state_dict(state, ("feature",), FODConfig().variant, 2, 2)
     assert loaded.image_weight.tolist() == [1.0]
+
+
+def test_cli_train_reports_the_validation_and_can_skip_it(generated, tmp_path, capsys):
+    from conftest import tiny_args
+
+    from fod.api import FOD
+    from fod.cli.main import main
+
+    out = tmp_path / "m.pt"
+    assert main(["train", str(generated), "--out", str(out), *tiny_args()]) == 0
+    printed = capsys.readouterr().out
+    report = FOD.load(out, device="cpu").stats["validation"]
+    assert f"synthetic validation: {report['anomalies']} anomalies" in printed
+    assert f"parts {' + '.join(report['image_parts'])}, level weights" in printed
+    args = ["train", str(generated), "--out", str(out), "--force", "--validation", "none"]
+    assert main([*args, *tiny_args()]) == 0
+    printed = capsys.readouterr().out
+    assert "synthetic validation" not in printed
+    assert "max of the held-out good images' scores" in printed

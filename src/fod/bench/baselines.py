@@ -9,8 +9,9 @@ backbone, input size and pooled maps as FOD, and goes through the same heat-map 
 
 - ``mean``: squared distance to the per-position mean of the training maps, averaged over
   channels.
-- ``gaussian``: Mahalanobis distance to a per-position Gaussian with a ridge on the
-  covariance (the PaDiM idea, without its random channel subset).
+- ``gaussian``: Mahalanobis distance to a per-position Gaussian with PaDiM's absolute ridge
+  of 0.01 on the covariance and no shrinkage (the PaDiM idea, without its random channel
+  subset); the distance is the calibrated head's (:func:`fod.scoring.normality.mahalanobis`).
 - ``nearest``: Euclidean distance to the nearest training patch of the same level, searched
   in a random subsample of all training patches (the PatchCore idea, without its coreset).
 """
@@ -63,9 +64,9 @@ def gaussian_distance(train: Tensor, test: Tensor, ridge: float = DEFAULT_RIDGE)
     cov = xc.transpose(1, 2) @ xc / (n - 1)
     cov = cov + ridge * torch.eye(c, dtype=cov.dtype)
     precision = torch.linalg.inv(cov)
-    y = test.double().permute(2, 3, 0, 1).reshape(h * w, -1, c) - mu
-    d2 = torch.einsum("lnc,lcd,lnd->ln", y, precision, y).clamp_min(0)
-    return d2.sqrt().T.reshape(-1, h, w).to(test.dtype)
+    tokens = test.double().flatten(2).transpose(1, 2)  # (N, H*W, C), row-major positions
+    d = normality.mahalanobis(tokens, mu.squeeze(1), precision)
+    return d.reshape(-1, h, w).to(test.dtype)
 
 
 def nearest_distance(

@@ -125,4 +125,13 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
         + (f", calibrated on {held} held-out good images" if held else "")
         + f"; threshold {model.threshold:.6g} ({stats['threshold_rule']}); model written to {out}"
     )
+    report = stats.get("validation")
+    if report:
+        levels = " / ".join(f"{w:g}" for w in report["image_levels"])
+        print(
+            f"synthetic validation: {report['anomalies']} anomalies on the held-out images; "
+            f"image score from parts {' + '.join(report['image_parts'])}, level weights "
+            f"{levels} (synthetic image AUROC {report['image_auroc']:.3f}; heat map "
+            f"{report['pixel_auroc']:.3f} pixel AUROC), {report['seconds']:.1f} s"
+        )
     return 0
