@@ -27,6 +27,7 @@ from fod.scoring.detector import weighted_image_scores
 from fod.scoring.head import CalibratedHead
 from fod.training.validation import (
     THRESHOLD_RULE,
+    auroc_standard_error,
     choose_image_weighting,
     image_weights,
     separating_threshold,
@@ -132,6 +133,47 @@ def test_choose_image_weighting_keeps_what_separates_and_breaks_ties_to_all_and_
     z, o = torch.zeros(5, 2, 4, 4), torch.ones(5, 2, 4, 4)
     best, _ = choose_image_weighting([z, z], [o, o], ("a", "b"), 16, sigma=1.0)
     assert (best["levels"], best["parts"]) == ([0.5, 0.5], ["a", "b"])
+
+
+def test_auroc_standard_error_agrees_with_a_bootstrap():
+    from fod.metrics.classification import auroc_from_groups
+
+    rng = np.random.default_rng(0)
+    for n_pos, n_neg, shift in ((60, 20, 1.0), (200, 80, 2.0), (30, 30, 0.5)):
+        pos, neg = rng.normal(shift, 1, n_pos), rng.normal(0, 1, n_neg)
+        a = auroc_from_groups(pos, neg)
+        boot = [
+            auroc_from_groups(rng.choice(pos, n_pos), rng.choice(neg, n_neg)) for _ in range(400)
+        ]
+        assert auroc_standard_error(a, n_pos, n_neg) == pytest.approx(np.std(boot), rel=0.25)
+    assert auroc_standard_error(1.0, 50, 10) == 0.0
+
+
+def test_one_standard_error_rule_keeps_the_plain_average_unless_clearly_beaten():
+    g = torch.Generator().manual_seed(1)
+    n = 12  # few good images: a wide standard error
+
+    def level(shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+        # one token per image: the image score is the weighted sum of the levels' values
+        good = torch.randn(n, 1, 1, 1, generator=g)
+        return good, torch.randn(64, 1, 1, 1, generator=g) + shift
+
+    def choose(shift0: float, shift1: float) -> tuple[dict, list[dict]]:
+        (g0, a0), (g1, a1) = level(shift0), level(shift1)
+        return choose_image_weighting([g0, g1], [a0, a1], ("a",), 4, sigma=1.0)
+
+    # level 1 alone separates a little better than the average: within the noise
+    best, table = choose(0.2, 1.0)
+    top = max(r["auroc"] for r in table)
+    uniform = next(r for r in table if r["levels"] == [0.5, 0.5])
+    assert 0 < top - uniform["auroc"] < auroc_standard_error(top, 64, n)
+    assert best["levels"] == [0.5, 0.5]
+    # level 0 is pure noise and level 1 strong: the average falls clearly behind
+    best, table = choose(0.0, 3.0)
+    uniform = next(r for r in table if r["levels"] == [0.5, 0.5])
+    top = max(r["auroc"] for r in table)
+    assert top - uniform["auroc"] > auroc_standard_error(top, 64, n)
+    assert best["levels"][1] > 0.5 and best["auroc"] >= top - auroc_standard_error(top, 64, n)
 
 
 def test_separating_threshold_matches_brute_force():

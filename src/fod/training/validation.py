@@ -6,8 +6,9 @@ scored, and the result
 
 - weighs the levels and picks the head's parts in the image score: every level weighting on
   a grid (multiples of :data:`WEIGHT_STEP` summing to 1) with every non-empty subset of the
-  parts is tried, and the one with the highest image AUROC of good against anomalous images
-  is kept (ties go to more parts, then to the weighting nearest the plain average), and
+  parts is tried; of those whose image AUROC of good against anomalous images is within one
+  standard error of the best, the weighting nearest the plain average (then the one with
+  more parts) is kept, and
 - sets the decision threshold: the score that best separates the two groups (largest true
   positive rate minus false positive rate; ties go to the highest score, fewer false alarms).
 
@@ -77,9 +78,14 @@ def choose_image_weighting(
     size: int,
     sigma: float = DEFAULT_SIGMA,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The level weights and parts whose image scores best separate ``good`` from
-    ``anomalous`` standardised part scores (one (N, P, H_l, W_l) tensor per level each), and
-    the AUROC of every combination (rows of ``levels``, ``parts``, ``auroc``)."""
+    """The level weights and parts chosen to separate ``good`` from ``anomalous`` standardised
+    part scores (one (N, P, H_l, W_l) tensor per level each), and the AUROC of every
+    combination (rows of ``levels``, ``parts``, ``auroc``).
+
+    One-standard-error rule: of the combinations whose AUROC is within one standard error
+    (:func:`auroc_standard_error`) of the best, the one nearest the plain average of the
+    levels is kept, then the one with more parts. With few held-out images the AUROCs differ
+    by noise, and the choice stays near the default instead of chasing it."""
     n_levels, n_parts = len(good), len(parts)
     uniform = np.full(n_levels, 1.0 / n_levels)
     table, keys = [], []
@@ -94,9 +100,25 @@ def choose_image_weighting(
                 names = [parts[i] for i in kept]
                 table.append({"levels": list(levels), "parts": names, "auroc": auroc})
                 distance = float(np.abs(np.asarray(levels) - uniform).sum())
-                keys.append((auroc, r, -distance))
-    best = table[max(range(len(table)), key=keys.__getitem__)]
+                keys.append((-round(distance, 9), r))
+    top = max(row["auroc"] for row in table)
+    n_anomalous, n_good = int(anomalous[0].shape[0]), int(good[0].shape[0])
+    floor = top - auroc_standard_error(top, n_anomalous, n_good)
+    near = [i for i, row in enumerate(table) if row["auroc"] >= floor - 1e-12]
+    best = table[max(near, key=lambda i: (keys[i], table[i]["auroc"]))]
     return best, table
+
+
+def auroc_standard_error(auroc: float, positives: int, negatives: int) -> float:
+    """Standard error of an AUROC from ``positives`` and ``negatives`` scores (Hanley and
+    McNeil, Radiology 1982): sqrt((A(1-A) + (n_p-1)(Q1-A^2) + (n_n-1)(Q2-A^2)) / (n_p n_n))
+    with Q1 = A / (2 - A) and Q2 = 2A^2 / (1 + A)."""
+    a = float(auroc)
+    q1, q2 = a / (2.0 - a), 2.0 * a * a / (1.0 + a)
+    var = (a * (1 - a) + (positives - 1) * (q1 - a * a) + (negatives - 1) * (q2 - a * a)) / (
+        positives * negatives
+    )
+    return float(np.sqrt(max(var, 0.0)))
 
 
 def separating_threshold(good: np.ndarray, anomalous: np.ndarray) -> float:
@@ -213,6 +235,7 @@ __all__ = [
     "MIN_ANOMALIES",
     "THRESHOLD_RULE",
     "WEIGHT_STEP",
+    "auroc_standard_error",
     "choose_image_weighting",
     "image_weights",
     "separating_threshold",
