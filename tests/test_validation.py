@@ -252,3 +252,18 @@ def test_cli_train_reports_the_validation_and_can_skip_it(generated, tmp_path, c
     printed = capsys.readouterr().out
     assert "synthetic validation" not in printed
     assert "max of the held-out good images' scores" in printed
+
+
+def test_the_smallest_fit_validates_on_its_one_held_out_image(generated, tmp_path):
+    import shutil
+
+    from fod.api import FOD
+
+    good = sorted((generated / "train" / "good").iterdir())[:3]
+    for path in good:
+        shutil.copy(path, tmp_path / path.name)
+    model = FOD(tiny_config(epochs=1), device="cpu", progress=False).fit(tmp_path)
+    report = model.stats["validation"]
+    assert (report["good_images"], report["anomalies"]) == (1, 64)
+    # one good score: the only candidate threshold is that score, the held-out maximum
+    assert model.threshold == pytest.approx(model.stats["train_score_max"])
