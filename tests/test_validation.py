@@ -29,6 +29,7 @@ from fod.training.validation import (
     THRESHOLD_RULE,
     auroc_standard_error,
     choose_image_weighting,
+    grid_image_scores,
     image_weights,
     separating_threshold,
     weight_grid,
@@ -112,6 +113,21 @@ def test_weighted_image_scores_match_scipy():
     mixed = (0.25 * ups[0] + 0.75 * ups[1]).double().numpy()
     want = [gaussian_filter(m, 2.0, mode="reflect", truncate=4.0).max() for m in mixed]
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+
+
+def test_grid_image_scores_match_the_detector_weighting_by_weighting():
+    g = torch.Generator().manual_seed(3)
+    levels = [torch.randn(7, 2, 8, 8, generator=g), torch.randn(7, 2, 4, 4, generator=g)]
+    weightings = [
+        image_weights(w, mask)
+        for w in weight_grid(2)
+        for mask in ((True, True), (True, False), (False, True))
+    ]
+    got = grid_image_scores(levels, weightings, 32, sigma=2.0, batch_size=3)
+    assert got.shape == (len(weightings), 7)
+    for row, weights in zip(got, weightings, strict=True):
+        want = weighted_image_scores(levels, weights, 32, sigma=2.0)
+        torch.testing.assert_close(row, want, rtol=1e-5, atol=1e-6)
 
 
 def test_choose_image_weighting_keeps_what_separates_and_breaks_ties_to_all_and_uniform():

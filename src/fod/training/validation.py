@@ -37,7 +37,7 @@ from fod.data.anomalies import synthetic_anomalies
 from fod.metrics import pixel_auroc
 from fod.metrics.classification import auroc_from_groups
 from fod.model import FODTransformer
-from fod.scoring.anomaly_map import DEFAULT_SIGMA, anomaly_map
+from fod.scoring.anomaly_map import DEFAULT_SIGMA, anomaly_map, gaussian_blur
 from fod.scoring.detector import level_scores, weighted_image_scores
 from fod.scoring.head import CalibratedHead
 
@@ -88,25 +88,58 @@ def choose_image_weighting(
     by noise, and the choice stays near the default instead of chasing it."""
     n_levels, n_parts = len(good), len(parts)
     uniform = np.full(n_levels, 1.0 / n_levels)
-    table, keys = [], []
+    table, keys, weightings = [], [], []
     for r in range(n_parts, 0, -1):
         for kept in itertools.combinations(range(n_parts), r):
-            mask = [i in kept for i in range(n_parts)]
             for levels in weight_grid(n_levels):
-                w = image_weights(levels, mask)
-                g = weighted_image_scores(good, w, size, sigma).double().numpy()
-                a = weighted_image_scores(anomalous, w, size, sigma).double().numpy()
-                auroc = auroc_from_groups(a, g)
+                weightings.append(image_weights(levels, [i in kept for i in range(n_parts)]))
                 names = [parts[i] for i in kept]
-                table.append({"levels": list(levels), "parts": names, "auroc": auroc})
+                table.append({"levels": list(levels), "parts": names})
                 distance = float(np.abs(np.asarray(levels) - uniform).sum())
                 keys.append((-round(distance, 9), r))
+    g_all = grid_image_scores(good, weightings, size, sigma)
+    a_all = grid_image_scores(anomalous, weightings, size, sigma)
+    for row, g, a in zip(table, g_all, a_all, strict=True):
+        row["auroc"] = auroc_from_groups(a.double().numpy(), g.double().numpy())
     top = max(row["auroc"] for row in table)
     n_anomalous, n_good = int(anomalous[0].shape[0]), int(good[0].shape[0])
     floor = top - auroc_standard_error(top, n_anomalous, n_good)
     near = [i for i, row in enumerate(table) if row["auroc"] >= floor - 1e-12]
     best = table[max(near, key=lambda i: (keys[i], table[i]["auroc"]))]
     return best, table
+
+
+@torch.no_grad()
+def grid_image_scores(
+    scores: Sequence[Tensor],
+    weightings: Sequence[Sequence[Tensor]],
+    size: int,
+    sigma: float = DEFAULT_SIGMA,
+    batch_size: int = INFERENCE_BATCH_SIZE,
+) -> Tensor:
+    """(K, N) image scores of standardised part scores (one (N, P, H_l, W_l) per level) under
+    each of K weightings (each a (P,) weight per level), as
+    :func:`~fod.scoring.detector.weighted_image_scores` gives them one by one.
+
+    Upsampling and blurring are linear, so each level's parts are upsampled and blurred once
+    and every weighting is a weighted sum of those maps before its maximum, instead of K
+    upsamplings and blurs per image."""
+    n_levels = len(scores)
+    weights = torch.stack([torch.cat(list(w)) for w in weightings]) / n_levels  # (K, L * P)
+    out = []
+    for first in range(0, int(scores[0].shape[0]), batch_size):
+        maps = torch.cat(  # (B, L * P, S, S): every level's parts, upsampled and blurred
+            [
+                gaussian_blur(
+                    anomaly_map([z[first : first + batch_size].flatten(0, 1)], size), sigma
+                ).view(-1, z.shape[1], size, size)
+                for z in scores
+            ],
+            dim=1,
+        )
+        w = weights.to(maps.dtype)
+        out.append(torch.stack([(maps * k.view(1, -1, 1, 1)).sum(1).flatten(1).amax(1) for k in w]))
+    return torch.cat(out, dim=1)
 
 
 def auroc_standard_error(auroc: float, positives: int, negatives: int) -> float:
@@ -237,6 +270,7 @@ __all__ = [
     "WEIGHT_STEP",
     "auroc_standard_error",
     "choose_image_weighting",
+    "grid_image_scores",
     "image_weights",
     "separating_threshold",
     "validate",
