@@ -13,6 +13,7 @@ from fod.errors import DataError
 from fod.model import FODOutput, FODTransformer, LevelSpec, Variant, token_scores
 from fod.scoring.head import CalibratedHead, check_parts, fit_head
 from fod.scoring.normality import (
+    COVERAGE_ROUNDS,
     choose_shrinkage,
     fit_gaussian,
     gaussian_log_likelihood,
@@ -111,13 +112,62 @@ def test_nearest_distance_matches_brute_force():
 
 def test_memory_bank_is_a_seeded_subsample_without_repeats():
     x = torch.arange(60, dtype=torch.float32).reshape(3, 10, 2)
-    bank = memory_bank(x, 7, seed=3)
+    bank = memory_bank(x, 7, seed=3, selection="random")
     assert bank.shape == (7, 2)
     assert len({tuple(r) for r in bank.tolist()}) == 7
     rows = {tuple(r) for r in x.reshape(-1, 2).tolist()}
     assert all(tuple(r) in rows for r in bank.tolist())
-    assert torch.equal(bank, memory_bank(x, 7, seed=3))
+    assert torch.equal(bank, memory_bank(x, 7, seed=3, selection="random"))
     assert memory_bank(x, 100).shape == (30, 2)
+    with pytest.raises(ValueError, match="bank selection must be one of coverage, random"):
+        memory_bank(x, 7, selection="coreset")
+
+
+def _row_indices(bank: torch.Tensor, flat: np.ndarray) -> list[int]:
+    """Index in ``flat`` of each bank row (rows of random floats are unique)."""
+    out = []
+    for row in bank.numpy():
+        hits = np.flatnonzero(np.all(np.isclose(flat, row, rtol=0, atol=1e-6), axis=1))
+        assert hits.size == 1
+        out.append(int(hits[0]))
+    return out
+
+
+def test_coverage_bank_adds_the_farthest_tokens_round_by_round():
+    x = _tokens(4, 25, 3, seed=5).float()
+    flat = x.reshape(-1, 3).numpy().astype(np.float64)
+    size = 40
+    bank = memory_bank(x, size, seed=2)
+    index = _row_indices(bank, flat)
+    assert len(set(index)) == size
+    # the first half is the random bank of half the size
+    half = size // 2
+    assert index[:half] == _row_indices(memory_bank(x, half, 2, "random"), flat)
+    # then each round adds the tokens farthest (brute force) from the bank so far
+    per_round = -(-(size - half) // COVERAGE_ROUNDS)
+    held = index[:half]
+    while len(held) < size:
+        d = np.sqrt(((flat[:, None, :] - flat[held][None]) ** 2).sum(-1)).min(1)
+        d[held] = -np.inf
+        k = min(per_round, size - len(held))
+        want = set(np.argsort(-d, kind="stable")[:k].tolist())
+        assert set(index[len(held) : len(held) + k]) == want
+        held = index[: len(held) + k]
+    assert torch.equal(bank, memory_bank(x, size, seed=2))
+
+
+def test_coverage_bank_keeps_rare_good_tokens_a_random_bank_misses():
+    g = torch.Generator().manual_seed(0)
+    dense = 0.1 * torch.randn(1, 400, 4, generator=g)
+    rare = 10.0 + torch.randn(1, 6, 4, generator=g)  # 1.5% of the tokens, far from the rest
+    tokens = torch.cat([dense, rare], dim=1)
+    covered = memory_bank(tokens, 24, seed=1)
+    drawn = memory_bank(tokens, 24, seed=1, selection="random")
+    assert int((covered[:, 0] > 5).sum()) == 6
+    assert int((drawn[:, 0] > 5).sum()) < 6
+    far_covered = nearest_distance(tokens, covered).max()
+    far_drawn = nearest_distance(tokens, drawn).max()
+    assert far_covered < far_drawn and far_covered < 1.0
 
 
 def test_check_parts_orders_and_refuses():
@@ -158,7 +208,9 @@ def test_fit_head_standardises_each_part_on_the_held_out_images():
     assert torch.allclose(head.residual_precision, precision, rtol=1e-4, atol=1e-4)
     paper = token_scores(out, model.variant, 3, 4).flatten(1)
     assert torch.allclose(raw[3], paper)
-    assert head.bank.shape == (25, 6)
+    assert torch.equal(head.bank, memory_bank(tokens.float(), 25, 0))
+    drawn = fit_head(["nearest"], model, train, held, 25, bank_selection="random")
+    assert torch.equal(drawn.bank, memory_bank(tokens.float(), 25, 0, "random"))
 
 
 def test_head_without_model_parts_ignores_the_reconstruction():
@@ -234,9 +286,14 @@ def test_presets_and_legacy_configs():
     with pytest.raises(ConfigError, match="head_parts"):
         FODConfig(head_parts=("nearest", "cosine"))
     old = FODConfig.paper().to_dict()
-    for key in ("head", "head_parts", "holdout", "bank_size"):
+    for key in ("head", "head_parts", "holdout", "bank_size", "bank_selection"):
         old.pop(key)
     assert FODConfig.from_dict(legacy_config(old)).head == "paper"
+    # model files from before the coverage bank drew the bank at random
+    assert FODConfig.from_dict(legacy_config(old)).bank_selection == "random"
+    assert FODConfig().bank_selection == "coverage"
+    with pytest.raises(ConfigError, match="bank_selection must be one of coverage, random"):
+        FODConfig(bank_selection="kcenter")
 
 
 def test_model_file_round_trip_keeps_the_heads(tmp_path):

@@ -264,10 +264,11 @@ def test_cli_train_reports_the_validation_and_can_skip_it(generated, tmp_path, c
     assert f"synthetic validation: {report['anomalies']} anomalies" in printed
     assert f"parts {' + '.join(report['image_parts'])}, level weights" in printed
     args = ["train", str(generated), "--out", str(out), "--force", "--validation", "none"]
-    assert main([*args, *tiny_args()]) == 0
+    assert main([*args, "--bank-selection", "random", *tiny_args()]) == 0
     printed = capsys.readouterr().out
     assert "synthetic validation" not in printed
     assert "max of the held-out good images' scores" in printed
+    assert FOD.load(out, device="cpu").config.bank_selection == "random"
 
 
 def test_the_smallest_fit_validates_on_its_one_held_out_image(generated, tmp_path):

@@ -54,11 +54,15 @@ TRAINING_KEYS: tuple[str, ...] = (
     "seed",
     "holdout",
     "bank_size",
+    "bank_selection",
 )
 #: How token scores are made: the paper's (spec section 6) or the calibrated head.
 HEADS: tuple[str, ...] = ("calibrated", "paper")
 #: Parts the calibrated head can sum (see fod.scoring.head).
 HEAD_PARTS: tuple[str, ...] = ("residual", "feature", "nearest", "paper")
+#: How the nearest part's memory bank picks good tokens (fod.scoring.normality.memory_bank):
+#: ``coverage`` adds the tokens farthest from a random half, ``random`` draws them all.
+BANK_SELECTIONS: tuple[str, ...] = ("coverage", "random")
 #: What the held-out images are used for beyond the heads' calibration: ``synthetic`` adds
 #: synthetic anomalies to them to weigh the levels in the image score and set the threshold
 #: (fod.training.validation); ``none`` keeps the plain average and the largest held-out score.
@@ -122,6 +126,7 @@ class FODConfig:
     seed: int = 3407
     holdout: float = 0.2
     bank_size: int = 16384
+    bank_selection: str = "coverage"
     validation: str = "synthetic"
 
     @classmethod
@@ -203,6 +208,11 @@ class FODConfig:
                 f"({option('head=paper', '--head paper')})"
             )
         _positive_int("bank_size", self.bank_size)
+        if self.bank_selection not in BANK_SELECTIONS:
+            raise ConfigError(
+                f"bank_selection must be one of {', '.join(BANK_SELECTIONS)}, "
+                f"got {self.bank_selection!r}"
+            )
         if self.validation not in VALIDATIONS:
             raise ConfigError(
                 f"validation must be one of {', '.join(VALIDATIONS)}, got {self.validation!r}"
@@ -304,12 +314,14 @@ def preset_config(name: str) -> FODConfig:
 def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     """A stored config dict from before the calibrated head: the keys it lacks take the
     values every model had then (the paper's head, no held-out images); one from before the
-    synthetic validation had none."""
+    synthetic validation had none, and one from before the coverage bank drew its bank at
+    random."""
     out = dict(data)
     if "head" not in out:
         out.update(head="paper", head_parts=["paper"], holdout=0.0)
         out.setdefault("bank_size", FODConfig.__dataclass_fields__["bank_size"].default)
     out.setdefault("validation", "none")
+    out.setdefault("bank_selection", "random")
     return out
 
 
@@ -364,6 +376,7 @@ def _refuse_unknown(keys: Iterable[Any], known: Sequence[str], what: str, listin
 
 
 __all__ = [
+    "BANK_SELECTIONS",
     "HEADS",
     "HEAD_PARTS",
     "INFERENCE_BATCH_SIZE",

@@ -43,6 +43,7 @@ _CONFIG_OPTIONS = {
     "head_parts": "head_parts",
     "holdout": "holdout",
     "bank_size": "bank_size",
+    "bank_selection": "bank_selection",
     "validation": "validation",
 }
 
@@ -109,7 +110,7 @@ def add_quiet_option(parser: argparse.ArgumentParser) -> None:
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     """Preset, backbone, model, variant, head and training options (defaults: the preset's)."""
-    from fod.config import HEAD_PARTS, HEADS, PRESETS, VALIDATIONS, FODConfig
+    from fod.config import BANK_SELECTIONS, HEAD_PARTS, HEADS, PRESETS, VALIDATIONS, FODConfig
 
     d = FODConfig()
     p = FODConfig.paper()
@@ -203,6 +204,12 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         "--bank-size",
         type=int,
         help=f"good tokens per level in the nearest part's memory bank (default: {d.bank_size})",
+    )
+    g.add_argument(
+        "--bank-selection",
+        choices=BANK_SELECTIONS,
+        help="coverage: half the bank drawn at random, half the good tokens farthest from it "
+        f"(rare good patterns); random: all drawn at random (default: {d.bank_selection})",
     )
     g.add_argument(
         "--validation",

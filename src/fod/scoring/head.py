@@ -9,7 +9,8 @@ a nearest-patch distance of a training image to a bank that holds it is zero):
   per-position Gaussian of good images' discrepancies (shrunk towards a shared covariance by
   the weight that gives the held-out images the highest likelihood);
 - ``feature``: the same Gaussian on the features ``x`` themselves (no transformer);
-- ``nearest``: distance of ``x`` to the nearest token of a memory bank of good tokens;
+- ``nearest``: distance of ``x`` to the nearest token of a memory bank of good tokens (half
+  drawn at random, half the good tokens farthest from those: rare good patterns);
 - ``paper``: the paper's token score for the model's variant.
 
 Standardising each part makes them addable and the levels comparable (the heat map averages
@@ -176,10 +177,12 @@ def fit_head(
     seed: int = 0,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
+    bank_selection: str = "coverage",
 ) -> CalibratedHead:
     """Fit one level's head: statistics on ``fit_features`` (the images the transformer was
     trained on), centre and scale of each part on ``holdout_features`` (good images neither
-    the transformer nor the statistics have seen)."""
+    the transformer nor the statistics have seen); ``bank_selection`` as
+    :func:`~fod.scoring.normality.memory_bank`."""
     parts = check_parts(parts)
     if holdout_features.shape[0] < 1:
         raise ValueError("the head needs at least one held-out good image to calibrate on")
@@ -205,7 +208,7 @@ def fit_head(
             setattr(head, f"{name}_precision", precision)
             head.shrinkage[name] = shrink
     if "nearest" in parts:
-        head.bank = memory_bank(tokens, n_bank, seed)
+        head.bank = memory_bank(tokens, n_bank, seed, bank_selection)
     with torch.no_grad():
         scores = head.part_scores(FODOutput(h_tokens, h_recon), h_paper)
     head.center = torch.stack([s.mean() for s in scores]).float()

@@ -11,7 +11,8 @@ against the variability of good images instead:
   :func:`choose_shrinkage` picks the weight by the likelihood of held-out good images;
 - :func:`nearest_distance`: the distance to the nearest of a memory bank of good tokens from
   any position, which needs no alignment between images;
-- :func:`memory_bank`: a seeded subsample of good tokens.
+- :func:`memory_bank`: the good tokens the nearest distance searches: half a seeded random
+  draw, half chosen to cover the rare ones (``coverage``), or all drawn at random (``random``).
 
 Everything works on tokens ``(N, L, C)``: N images, L = H W grid positions, C channels.
 """
@@ -23,6 +24,10 @@ from torch import Tensor
 
 #: Ridge added to every covariance, as a fraction of the mean channel variance.
 RIDGE = 0.01
+#: How :func:`memory_bank` picks its tokens.
+BANK_SELECTIONS = ("coverage", "random")
+#: Rounds in which the coverage bank adds the tokens farthest from it.
+COVERAGE_ROUNDS = 16
 #: Shrinkage weights tried by :func:`choose_shrinkage`.
 SHRINKAGE_GRID = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
 
@@ -98,13 +103,48 @@ def mahalanobis(tokens: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
     return d2.clamp_min(0.0).sqrt()
 
 
-def memory_bank(tokens: Tensor, size: int, seed: int = 0) -> Tensor:
-    """``(M, C)``: ``size`` good tokens drawn without replacement (all when fewer), seeded."""
+def memory_bank(
+    tokens: Tensor, size: int, seed: int = 0, selection: str = "coverage", chunk: int = 2048
+) -> Tensor:
+    """``(M, C)``: ``size`` distinct good tokens of ``tokens`` (N, L, C) (all when fewer), seeded.
+
+    ``random``: drawn without replacement. ``coverage``: half drawn so, the other half added
+    in :data:`COVERAGE_ROUNDS` rounds, each adding the tokens farthest from the bank so far
+    (a batched form of PatchCore's greedy coreset). A random bank covers where good tokens
+    are dense and misses rare good patterns, which then score as defects; the farthest tokens
+    are exactly those. The search over all N L tokens runs ``chunk`` tokens at a time.
+    """
+    if selection not in BANK_SELECTIONS:
+        raise ValueError(
+            f"bank selection must be one of {', '.join(BANK_SELECTIONS)}, got {selection!r}"
+        )
     flat = tokens.reshape(-1, tokens.shape[-1])
     if flat.shape[0] <= size:
         return flat.clone()
     gen = torch.Generator().manual_seed(int(seed))
-    return flat[torch.randperm(flat.shape[0], generator=gen)[:size]].clone()
+    if selection == "random":
+        return flat[torch.randperm(flat.shape[0], generator=gen)[:size]].clone()
+    chosen = torch.randperm(flat.shape[0], generator=gen)[: size // 2]
+    x = flat.float()
+    x_sq = x.pow(2).sum(1)
+    nearest = torch.full((x.shape[0],), float("inf"))
+    added = chosen
+    while True:
+        entries = x[added]
+        entries_sq = entries.pow(2).sum(1)
+        for first in range(0, x.shape[0], chunk):
+            q = x[first : first + chunk]
+            d2 = x_sq[first : first + chunk, None] - 2.0 * (q @ entries.T) + entries_sq
+            block = nearest[first : first + chunk]
+            torch.minimum(block, d2.amin(1), out=block)
+        nearest[added] = -float("inf")  # in the bank: never picked again
+        left = size - chosen.numel()
+        if left <= 0:
+            break
+        per_round = -(-(size - size // 2) // COVERAGE_ROUNDS)
+        added = nearest.topk(min(per_round, left)).indices
+        chosen = torch.cat([chosen, added])
+    return flat[chosen].clone()
 
 
 def nearest_distance(tokens: Tensor, bank: Tensor, chunk: int = 32) -> Tensor:
@@ -128,6 +168,8 @@ def nearest_distance(tokens: Tensor, bank: Tensor, chunk: int = 32) -> Tensor:
 
 
 __all__ = [
+    "BANK_SELECTIONS",
+    "COVERAGE_ROUNDS",
     "RIDGE",
     "SHRINKAGE_GRID",
     "choose_shrinkage",

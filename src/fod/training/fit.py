@@ -89,7 +89,17 @@ def fit_heads(
 ) -> list[CalibratedHead]:
     """One calibrated head per level, with ``config.head_parts``, for trained ``models``."""
     return [
-        fit_head(config.head_parts, model, tf, hf, config.bank_size, config.seed, 16, device)
+        fit_head(
+            config.head_parts,
+            model,
+            tf,
+            hf,
+            config.bank_size,
+            config.seed,
+            16,
+            device,
+            config.bank_selection,
+        )
         for model, tf, hf in zip(models, fit_features, holdout_features, strict=True)
     ]
 
