@@ -15,8 +15,9 @@ from fod.cli.main import main
 from fod.experiments.ablation import run_ablation
 from fod.experiments.ablation_rows import ablation_rows, paper_rows
 
-ROWS = ["patch", "intra_noent_div", "inter_coreset", "full", "head_feature_nearest",
-        "head_residual_nearest", "head_residual_nearest_validated"]  # fmt: skip
+ROWS = ["patch", "intra_noent_div", "inter_coreset", "full", "head_nearest_random_bank",
+        "head_feature_nearest", "head_residual_nearest",
+        "head_residual_nearest_validated"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
         table = list(csv.DictReader(f))
     assert [r["views"] for r in table] == ["patch-wise", "intra", "inter"] + [
         "patch + intra + inter"
-    ] * 4
+    ] * 5
     assert float(table[3]["image_auroc"]) == pytest.approx(report["rows"][3]["image_auroc"])
     assert float(table[3]["paper_mvtec"]) == 0.992
     # paper rows: the paper's head on every image; head rows: the parts they name, calibrated
@@ -70,6 +71,10 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
         stored = json.loads((out / "rows" / f"{key}.json").read_text())["config"]
         assert stored["head"] == "calibrated" and stored["head_parts"] == parts
         assert stored["holdout"] > 0 and stored["validation"] == "none"
+        assert stored["bank_selection"] == "coverage"
+    random_bank = json.loads((out / "rows" / "head_nearest_random_bank.json").read_text())
+    assert random_bank["config"]["bank_selection"] == "random"
+    assert random_bank["record"]["score"] == "calibrated nearest, random bank"
     # validation weighs the levels of the image score only: the same heat maps
     rows = {r["key"]: r for r in report["rows"]}
     validated = json.loads((out / "rows" / f"{ROWS[-1]}.json").read_text())["config"]

@@ -122,6 +122,7 @@ def run_ablation(
                 head_parts=row.head_parts,
                 holdout=holdout,
                 validation=row.validation,
+                bank_selection=row.bank_selection,
             )
         result_path = out / "rows" / f"{row.key}.json"
         head = f"[{index}/{len(chosen)}] {row.key} ({row.views}, {row.score})"
