@@ -75,12 +75,15 @@ def nearest_distance(
     bank_size: int = DEFAULT_BANK,
     seed: int = 0,
     chunk: int = 32,
+    selection: str = "random",
 ) -> Tensor:
     """(N, H, W): distance of each test patch to the nearest of ``bank_size`` training patches
-    drawn at random (seeded) from all positions of all training maps (all of them if fewer)."""
+    drawn at random (seeded) from all positions of all training maps (all of them if fewer);
+    ``selection="coverage"`` picks them as the calibrated head's bank does
+    (:func:`fod.scoring.normality.memory_bank`)."""
     _check(train, test)
     h, w = train.shape[2:]
-    bank = memory_bank(train.flatten(2).transpose(1, 2), bank_size, seed)
+    bank = memory_bank(train.flatten(2).transpose(1, 2), bank_size, seed, selection)
     distances = normality.nearest_distance(test.flatten(2).transpose(1, 2), bank, chunk)
     return distances.reshape(-1, h, w)
 
