@@ -74,7 +74,7 @@ def nearest_distance(
     test: Tensor,
     bank_size: int = DEFAULT_BANK,
     seed: int = 0,
-    chunk: int = 32,
+    chunk: int | None = None,
     selection: str = "random",
 ) -> Tensor:
     """(N, H, W): distance of each test patch to the nearest of ``bank_size`` training patches

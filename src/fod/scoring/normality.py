@@ -28,6 +28,8 @@ RIDGE = 0.01
 BANK_SELECTIONS = ("coverage", "random")
 #: Rounds in which the coverage bank adds the tokens farthest from it.
 COVERAGE_ROUNDS = 16
+#: Most distances :func:`nearest_distance` holds at once (2 MB in float32).
+NEAREST_BLOCK = 1 << 19
 #: Shrinkage weights tried by :func:`choose_shrinkage`.
 SHRINKAGE_GRID = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
 
@@ -103,16 +105,15 @@ def mahalanobis(tokens: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
     return d2.clamp_min(0.0).sqrt()
 
 
-def memory_bank(
-    tokens: Tensor, size: int, seed: int = 0, selection: str = "coverage", chunk: int = 2048
-) -> Tensor:
+def memory_bank(tokens: Tensor, size: int, seed: int = 0, selection: str = "coverage") -> Tensor:
     """``(M, C)``: ``size`` distinct good tokens of ``tokens`` (N, L, C) (all when fewer), seeded.
 
     ``random``: drawn without replacement. ``coverage``: half drawn so, the other half added
     in :data:`COVERAGE_ROUNDS` rounds, each adding the tokens farthest from the bank so far
     (a batched form of PatchCore's greedy coreset). A random bank covers where good tokens
     are dense and misses rare good patterns, which then score as defects; the farthest tokens
-    are exactly those. The search over all N L tokens runs ``chunk`` tokens at a time.
+    are exactly those. The search over all N L tokens runs in blocks of at most
+    :data:`NEAREST_BLOCK` distances.
     """
     if selection not in BANK_SELECTIONS:
         raise ValueError(
@@ -132,6 +133,7 @@ def memory_bank(
     while True:
         entries = x[added]
         entries_sq = entries.pow(2).sum(1)
+        chunk = max(1, NEAREST_BLOCK // entries.shape[0])
         for first in range(0, x.shape[0], chunk):
             q = x[first : first + chunk]
             d2 = x_sq[first : first + chunk, None] - 2.0 * (q @ entries.T) + entries_sq
@@ -147,15 +149,19 @@ def memory_bank(
     return flat[chosen].clone()
 
 
-def nearest_distance(tokens: Tensor, bank: Tensor, chunk: int = 32) -> Tensor:
+def nearest_distance(tokens: Tensor, bank: Tensor, chunk: int | None = None) -> Tensor:
     """(B, L): Euclidean distance of each token to its nearest bank entry.
 
     Written as ``|x|^2 - 2 x.b + |b|^2`` over ``chunk`` grid positions at a time (all images
-    of the batch together), so it needs no ``cdist`` (which ONNX lacks), keeps each block of
-    distances small enough for the cache, and traces to a graph whose loop depends only on
-    the grid, never on the batch size.
+    of the batch together), so it needs no ``cdist`` (which ONNX lacks). By default ``chunk``
+    keeps each block of distances within :data:`NEAREST_BLOCK` numbers: larger blocks are
+    allocated afresh from the system for every block, which made a batch of 16 against a bank
+    of 32 768 five times slower per image than one image. A traced graph keeps the chunk of
+    its example batch and stays exact for any batch size (the loop runs over the grid).
     """
     length = tokens.shape[1]
+    if chunk is None:
+        chunk = max(1, min(length, NEAREST_BLOCK // max(1, tokens.shape[0] * bank.shape[0])))
     bank_sq = bank.pow(2).sum(1)
     out = []
     for first in range(0, length, chunk):
@@ -170,6 +176,7 @@ def nearest_distance(tokens: Tensor, bank: Tensor, chunk: int = 32) -> Tensor:
 __all__ = [
     "BANK_SELECTIONS",
     "COVERAGE_ROUNDS",
+    "NEAREST_BLOCK",
     "RIDGE",
     "SHRINKAGE_GRID",
     "choose_shrinkage",
