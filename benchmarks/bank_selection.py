@@ -7,7 +7,7 @@ what the bank's selection does to the training-free nearest-patch scorer of
 bank takes to build:
 
     python benchmarks/bank_selection.py ../shared/datasets/mtd --cache runs/cache \\
-        --runs random:16384 random:40000 coverage:16384
+        --runs random:16384 random:40000 coverage:16384 coverage:32768
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument(
         "--runs",
         nargs="+",
-        default=["random:16384", "random:40000", "coverage:16384"],
+        default=["random:16384", "random:40000", "coverage:16384", "coverage:32768"],
         help="SELECTION:SIZE pairs to score",
     )
     args = parser.parse_args()
