@@ -119,6 +119,8 @@ def test_memory_bank_is_a_seeded_subsample_without_repeats():
     assert all(tuple(r) in rows for r in bank.tolist())
     assert torch.equal(bank, memory_bank(x, 7, seed=3, selection="random"))
     assert memory_bank(x, 100).shape == (30, 2)
+    assert memory_bank(x, 1).shape == (1, 2)  # a coverage bank of one: the random token
+    assert torch.equal(memory_bank(x, 1, seed=3), memory_bank(x, 1, 3, "random"))
     with pytest.raises(ValueError, match="bank selection must be one of coverage, random"):
         memory_bank(x, 7, selection="coreset")
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fod.config import BANK_SELECTIONS
+
 #: Ridge added to every covariance, as a fraction of the mean channel variance.
 RIDGE = 0.01
-#: How :func:`memory_bank` picks its tokens.
-BANK_SELECTIONS = ("coverage", "random")
 #: Rounds in which the coverage bank adds the tokens farthest from it.
 COVERAGE_ROUNDS = 16
 #: Most distances :func:`nearest_distance` holds at once (2 MB in float32).
@@ -125,7 +125,8 @@ def memory_bank(tokens: Tensor, size: int, seed: int = 0, selection: str = "cove
     gen = torch.Generator().manual_seed(int(seed))
     if selection == "random":
         return flat[torch.randperm(flat.shape[0], generator=gen)[:size]].clone()
-    chosen = torch.randperm(flat.shape[0], generator=gen)[: size // 2]
+    half = max(1, size // 2)
+    chosen = torch.randperm(flat.shape[0], generator=gen)[:half]
     x = flat.float()
     x_sq = x.pow(2).sum(1)
     nearest = torch.full((x.shape[0],), float("inf"))
@@ -143,7 +144,7 @@ def memory_bank(tokens: Tensor, size: int, seed: int = 0, selection: str = "cove
         left = size - chosen.numel()
         if left <= 0:
             break
-        per_round = -(-(size - size // 2) // COVERAGE_ROUNDS)
+        per_round = -(-(size - half) // COVERAGE_ROUNDS)
         added = nearest.topk(min(per_round, left)).indices
         chosen = torch.cat([chosen, added])
     return flat[chosen].clone()
@@ -174,7 +175,6 @@ def nearest_distance(tokens: Tensor, bank: Tensor, chunk: int | None = None) -> 
 
 
 __all__ = [
-    "BANK_SELECTIONS",
     "COVERAGE_ROUNDS",
     "NEAREST_BLOCK",
     "RIDGE",
