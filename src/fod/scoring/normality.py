@@ -112,8 +112,7 @@ def memory_bank(tokens: Tensor, size: int, seed: int = 0, selection: str = "cove
     in :data:`COVERAGE_ROUNDS` rounds, each adding the tokens farthest from the bank so far
     (a batched form of PatchCore's greedy coreset). A random bank covers where good tokens
     are dense and misses rare good patterns, which then score as defects; the farthest tokens
-    are exactly those. The search over all N L tokens runs in blocks of at most
-    :data:`NEAREST_BLOCK` distances.
+    are exactly those. The distances to the bank are :func:`nearest_distance`'s.
     """
     if selection not in BANK_SELECTIONS:
         raise ValueError(
@@ -126,27 +125,18 @@ def memory_bank(tokens: Tensor, size: int, seed: int = 0, selection: str = "cove
     if selection == "random":
         return flat[torch.randperm(flat.shape[0], generator=gen)[:size]].clone()
     half = max(1, size // 2)
+    per_round = -(-(size - half) // COVERAGE_ROUNDS)
+    x = flat.float()[None]  # one "image" whose grid is every token
     chosen = torch.randperm(flat.shape[0], generator=gen)[:half]
-    x = flat.float()
-    x_sq = x.pow(2).sum(1)
-    nearest = torch.full((x.shape[0],), float("inf"))
-    added = chosen
+    nearest = nearest_distance(x, x[0, chosen])[0]
     while True:
-        entries = x[added]
-        entries_sq = entries.pow(2).sum(1)
-        chunk = max(1, NEAREST_BLOCK // entries.shape[0])
-        for first in range(0, x.shape[0], chunk):
-            q = x[first : first + chunk]
-            d2 = x_sq[first : first + chunk, None] - 2.0 * (q @ entries.T) + entries_sq
-            block = nearest[first : first + chunk]
-            torch.minimum(block, d2.amin(1), out=block)
-        nearest[added] = -float("inf")  # in the bank: never picked again
+        nearest[chosen] = -float("inf")  # in the bank: never picked again
         left = size - chosen.numel()
         if left <= 0:
             break
-        per_round = -(-(size - half) // COVERAGE_ROUNDS)
         added = nearest.topk(min(per_round, left)).indices
         chosen = torch.cat([chosen, added])
+        torch.minimum(nearest, nearest_distance(x, x[0, added])[0], out=nearest)
     return flat[chosen].clone()
 
 

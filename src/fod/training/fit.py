@@ -96,9 +96,8 @@ def fit_heads(
             hf,
             config.bank_size,
             config.seed,
-            16,
-            device,
-            config.bank_selection,
+            device=device,
+            bank_selection=config.bank_selection,
         )
         for model, tf, hf in zip(models, fit_features, holdout_features, strict=True)
     ]
