@@ -110,6 +110,25 @@ def test_nearest_distance_matches_brute_force():
     assert torch.allclose(nearest_distance(bank[None, :4], bank), torch.zeros(1, 4), atol=1e-2)
 
 
+@pytest.mark.parametrize("bank_block", [1, 5, 37, 4096])
+def test_nearest_distance_in_bank_blocks_matches_brute_force(monkeypatch, bank_block):
+    """The running minimum over bank blocks, whatever the block and position sizes, is the
+    brute-force nearest distance (blocks of 5 leave a partial last block of 2)."""
+    import fod.scoring.normality as normality
+
+    monkeypatch.setattr(normality, "NEAREST_BANK_BLOCK", bank_block)
+    bank = _tokens(1, 37, 5, seed=3)[0].float()
+    queries = _tokens(2, 13, 5, seed=4).float()
+    want = torch.cdist(queries.double(), bank.double()).amin(-1).float()
+    for chunk in (None, 1, 4, 13):
+        got = nearest_distance(queries, bank, chunk=chunk)
+        assert got.shape == (2, 13)
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4), (bank_block, chunk)
+    # the default chunk keeps each block of distances within NEAREST_BLOCK numbers
+    monkeypatch.setattr(normality, "NEAREST_BLOCK", 2 * min(bank_block, 37))
+    assert torch.allclose(nearest_distance(queries, bank), want, rtol=1e-4, atol=1e-4)
+
+
 def test_memory_bank_is_a_seeded_subsample_without_repeats():
     x = torch.arange(60, dtype=torch.float32).reshape(3, 10, 2)
     bank = memory_bank(x, 7, seed=3, selection="random")

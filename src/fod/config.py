@@ -319,7 +319,7 @@ def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(data)
     if "head" not in out:
         out.update(head="paper", head_parts=["paper"], holdout=0.0)
-        out.setdefault("bank_size", FODConfig.__dataclass_fields__["bank_size"].default)
+        out.setdefault("bank_size", 16384)
     out.setdefault("validation", "none")
     out.setdefault("bank_selection", "random")
     return out
