@@ -125,7 +125,7 @@ class FODConfig:
     lambda2: float = 0.5
     seed: int = 3407
     holdout: float = 0.2
-    bank_size: int = 16384
+    bank_size: int = 32768
     bank_selection: str = "coverage"
     validation: str = "synthetic"
 
