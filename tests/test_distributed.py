@@ -117,6 +117,37 @@ def test_outside_torchrun_everything_is_one_process() -> None:
     assert distributed.on_main(lambda: 7) == 7
 
 
+def test_outside_torchrun_exit_process_is_a_plain_exit() -> None:
+    with pytest.raises(SystemExit) as exc:
+        distributed.exit_process(3)
+    assert exc.value.code == 3
+
+
+EXIT_SCRIPT = """
+import atexit, sys
+from fod import distributed
+ctx, _ = distributed.setup("cpu")
+atexit.register(lambda: print("finalized", flush=True))
+distributed.all_gather_object(ctx.rank)
+print(f"rank {ctx.rank} done", end="")  # still buffered: stdout is a pipe
+distributed.shutdown()
+distributed.exit_process(int(sys.argv[1]))
+"""
+
+
+@needs_torchrun
+def test_a_torchrun_rank_flushes_and_leaves_without_finalization(tmp_path: Path) -> None:
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT)
+    run = _ok(_torchrun(str(script), "0", cwd=tmp_path, module=False))
+    assert "rank 0 done" in run.stdout and "rank 1 done" in run.stdout
+    # interpreter finalization (atexit, then the C++ teardown that aborted ranks) is skipped
+    assert "finalized" not in run.stdout
+    failed = _torchrun(str(script), "4", cwd=tmp_path, module=False)
+    assert failed.returncode != 0
+    assert "exitcode  : 4" in failed.stderr + failed.stdout
+
+
 # ------------------------------------------------------------------------- data parallel
 
 
@@ -171,6 +202,7 @@ features = [torch.randn(7, 8, 4, 4, generator=g), torch.randn(7, 12, 2, 2, gener
 config = FODConfig(d_model=(16, 16), heads=2, num_layers=1, epochs=1, batch_size=3, seed=5)
 train(config, features, state_path=sys.argv[1], progress=False)
 distributed.shutdown()
+distributed.exit_process(0)
 """
 
 

@@ -1,8 +1,6 @@
 """``python -m fod``: the ``fod`` command, also what ``torchrun -m fod ...`` starts per rank."""
 
-import sys
-
-from fod.cli.main import main
+from fod.cli.main import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -24,11 +24,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -148,6 +149,24 @@ def shutdown(wait: bool = True) -> None:
         dist.destroy_process_group()
 
 
+def exit_process(code: int) -> NoReturn:
+    """End the process with ``code``; a torchrun rank ends without interpreter finalization.
+
+    After :func:`shutdown` every output is written and closed, but the gloo backend's C++
+    threads and the objects they hold can still be torn down during Python's finalization,
+    which now and then aborts a rank that had finished cleanly ("terminate called without an
+    active exception", exit -6, and torchrun reports the whole run as failed). A rank started
+    by torchrun therefore flushes its streams and leaves with ``os._exit``; a plain run exits
+    as usual.
+    """
+    if not launched():
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(int(code) & 0xFF)
+
+
 def _comm_device() -> torch.device:
     """Where tensors for collectives must live: this rank's GPU for NCCL, else the CPU."""
     if dist.get_backend() == "nccl":
@@ -263,6 +282,7 @@ __all__ = [
     "balanced_shares",
     "barrier",
     "context",
+    "exit_process",
     "group_context",
     "launched",
     "local_work",

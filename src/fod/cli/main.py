@@ -99,5 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def entry() -> None:
+    """The console script and ``python -m fod``: :func:`main`, then its exit code (a torchrun
+    rank leaves through :func:`fod.distributed.exit_process`)."""
+    from fod.distributed import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
