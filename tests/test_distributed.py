@@ -123,15 +123,26 @@ def test_outside_torchrun_exit_process_is_a_plain_exit() -> None:
     assert exc.value.code == 3
 
 
+def test_outside_torchrun_run_in_group_just_runs_the_work() -> None:
+    seen = []
+    code = distributed.run_in_group("cpu", lambda ctx, device: seen.append((ctx, device)) or 5)
+    assert code == 5
+    assert seen == [(distributed.Context(), torch.device("cpu"))]
+    with pytest.raises(KeyError, match="boom"):
+        distributed.run_in_group("cpu", lambda ctx, device: {}["boom"])
+
+
 EXIT_SCRIPT = """
 import atexit, sys
 from fod import distributed
-ctx, _ = distributed.setup("cpu")
-atexit.register(lambda: print("finalized", flush=True))
-distributed.all_gather_object(ctx.rank)
-print(f"rank {ctx.rank} done", end="")  # still buffered: stdout is a pipe
-distributed.shutdown()
-distributed.exit_process(int(sys.argv[1]))
+
+def work(ctx, device):
+    atexit.register(lambda: print("finalized", flush=True))
+    assert distributed.all_gather_object(ctx.rank) == [0, 1]
+    print(f"rank {ctx.rank} done", end="")  # still buffered: stdout is a pipe
+    return int(sys.argv[1])
+
+distributed.exit_process(distributed.run_in_group("cpu", work))
 """
 
 

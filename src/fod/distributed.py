@@ -149,6 +149,20 @@ def shutdown(wait: bool = True) -> None:
         dist.destroy_process_group()
 
 
+def run_in_group(device: str | torch.device, work: Callable[[Context, torch.device], int]) -> int:
+    """``work(context, device)`` inside the process group (joined by :func:`setup`), then leave
+    it: after a clean run all ranks together, after an exception at once (the peers may be
+    inside another collective, and torchrun stops them). Outside torchrun: just ``work``."""
+    ctx, resolved = setup(device)
+    try:
+        code = work(ctx, resolved)
+    except BaseException:
+        shutdown(wait=False)
+        raise
+    shutdown()
+    return code
+
+
 def exit_process(code: int) -> NoReturn:
     """End the process with ``code``; a torchrun rank ends without interpreter finalization.
 
@@ -287,6 +301,7 @@ __all__ = [
     "launched",
     "local_work",
     "on_main",
+    "run_in_group",
     "setup",
     "shard_range",
     "shutdown",

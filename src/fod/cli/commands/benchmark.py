@@ -65,14 +65,7 @@ def _finished(path: Path, config: Any) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from fod import distributed
 
-    _, device = distributed.setup(args.device)
-    try:
-        code = _run(args, device)
-    except BaseException:
-        distributed.shutdown(wait=False)
-        raise
-    distributed.shutdown()
-    return code
+    return distributed.run_in_group(args.device, lambda _, device: _run(args, device))
 
 
 def _run(args: argparse.Namespace, device: torch.device) -> int:

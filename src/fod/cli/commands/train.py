@@ -54,14 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from fod import distributed
 
-    ctx, device = distributed.setup(args.device)
-    try:
-        code = _run(args, ctx, device)
-    except BaseException:
-        distributed.shutdown(wait=False)
-        raise
-    distributed.shutdown()
-    return code
+    return distributed.run_in_group(args.device, lambda ctx, device: _run(args, ctx, device))
 
 
 def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
