@@ -2,11 +2,11 @@
 
 We were warned that on some real data sets (objects at varying places and angles) the
 per-position Gaussian fails at the pixel level while the nearest patch does not. This script
-makes such a data set from any MVTec-layout category: every image becomes an "object" of
-120-150 pixels, turned by a seeded random angle and pasted at a random place on a plain,
-slightly noisy grey background of S x S pixels; its mask goes through the same scaling,
-turn and paste, so defects stay where they were on the object. Write it outside the
-repository:
+makes such a data set, in the MVTec AD layout, from any category fod reads (MVTec AD, BTAD,
+MVTec 3D-AD RGB): every image becomes an "object" of 120-150 pixels, turned by a seeded
+random angle and pasted at a random place on a plain, slightly noisy grey background of
+S x S pixels; its mask goes through the same scaling, turn and paste, so defects stay where
+they were on the object. Write it outside the repository:
 
     python benchmarks/object_copy.py ../shared/datasets/mtd /tmp/mtd_objects
     fod train /tmp/mtd_objects --out /tmp/o.pt && fod test /tmp/o.pt /tmp/mtd_objects
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fod.data import IMAGE_EXTENSIONS
+from fod.data import Sample, load_category
 
 #: Side of the output images, the background grey level and its noise (8-bit units).
 SIZE, BACKGROUND, NOISE = 256, 90.0, 3.0
@@ -60,10 +60,6 @@ def place(
     return canvas, full
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 def make_copy(
     source: Path,
     out: Path,
@@ -72,45 +68,41 @@ def make_copy(
     per_type: int = 15,
     seed: int = 0,
 ) -> int:
-    """Write the object copy of ``source`` (MVTec layout) to ``out``: seeded subsets of
-    ``train`` good training images, ``test_good`` good test images and ``per_type`` images
-    of each defect type. Returns the number of images written."""
+    """Write the object copy of ``source`` (any layout fod reads; every anomalous image needs
+    its mask) to ``out`` in the MVTec AD layout: seeded subsets of ``train`` good training
+    images, ``test_good`` good test images and ``per_type`` images of each defect type.
+    Returns the number of images written."""
+    category = load_category(source)
     rnd = random.Random(seed)
-    count = 0
 
-    def write(path: Path, split: str, folder: str, mask: Path | None) -> None:
-        nonlocal count
-        image, new_mask = place(
-            Image.open(path), Image.open(mask) if mask else None, f"{split}/{path.name}"
-        )
-        target = out / split / folder / f"{path.stem}.png"
+    def write(sample: Sample, split: str, folder: str) -> None:
+        mask = Image.open(sample.mask) if sample.mask is not None else None
+        image, new_mask = place(Image.open(sample.image), mask, f"{split}/{sample.image.name}")
+        target = out / split / folder / f"{sample.image.stem}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         image.save(target)
-        count += 1
         if mask is not None:
-            mask_target = out / "ground_truth" / folder / f"{path.stem}_mask.png"
+            mask_target = out / "ground_truth" / folder / f"{sample.image.stem}_mask.png"
             mask_target.parent.mkdir(parents=True, exist_ok=True)
             new_mask.save(mask_target)
 
-    good = _images(source / "train" / "good")
-    for path in sorted(rnd.sample(good, min(train, len(good)))):
-        write(path, "train", "good", None)
-    for folder in sorted(p for p in (source / "test").iterdir() if p.is_dir()):
-        files = _images(folder)
-        n = test_good if folder.name == "good" else per_type
-        for path in sorted(rnd.sample(files, min(n, len(files)))):
-            mask = None
-            if folder.name != "good":
-                mask = source / "ground_truth" / folder.name / f"{path.stem}_mask.png"
-                if not mask.is_file():
-                    raise SystemExit(f"{mask} is missing: the object copy needs every mask")
-            write(path, "test", folder.name, mask)
-    return count
+    def pick(samples: list[Sample], n: int) -> list[Sample]:
+        return sorted(rnd.sample(samples, min(n, len(samples))), key=lambda s: s.image)
+
+    chosen = [(s, "train", "good") for s in pick(category.train, train)]
+    for kind in sorted({s.defect_type for s in category.test}):
+        good = kind == category.good_type
+        samples = [s for s in category.test if s.defect_type == kind]
+        folder = "good" if good else kind
+        chosen += [(s, "test", folder) for s in pick(samples, test_good if good else per_type)]
+    for sample, split, folder in chosen:
+        write(sample, split, folder)
+    return len(chosen)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", type=Path, help="MVTec-layout category folder")
+    parser.add_argument("source", type=Path, help="category folder (any layout fod reads)")
     parser.add_argument("out", type=Path, help="new folder for the copy (outside the repo)")
     parser.add_argument("--train", type=int, default=200, help="good training images")
     parser.add_argument("--test-good", type=int, default=40, help="good test images")
