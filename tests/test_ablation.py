@@ -17,7 +17,7 @@ from fod.experiments.ablation_rows import ablation_rows, paper_rows
 
 ROWS = ["patch", "intra_noent_div", "inter_coreset", "full", "head_nearest_random_bank",
         "head_feature_nearest", "head_residual_nearest",
-        "head_residual_nearest_validated"]  # fmt: skip
+        "head_residual_nearest_validated", "head_residual_nearest_validated_segmenter"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +60,12 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
         table = list(csv.DictReader(f))
     assert [r["views"] for r in table] == ["patch-wise", "intra", "inter"] + [
         "patch + intra + inter"
-    ] * 5
+    ] * 6
     assert float(table[3]["image_auroc"]) == pytest.approx(report["rows"][3]["image_auroc"])
     assert float(table[3]["paper_mvtec"]) == 0.992
     # paper rows: the paper's head on every image; head rows: the parts they name, calibrated
     full = json.loads((out / "rows" / "full.json").read_text())["config"]
-    assert full["head"] == "paper" and full["holdout"] == 0.0
+    assert full["head"] == "paper" and full["holdout"] == 0.0 and full["segmenter"] is False
     for key, parts in (("head_feature_nearest", ["feature", "nearest"]),
                        ("head_residual_nearest", ["residual", "nearest"])):  # fmt: skip
         stored = json.loads((out / "rows" / f"{key}.json").read_text())["config"]
@@ -77,10 +77,16 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
     assert random_bank["record"]["score"] == "calibrated nearest, random bank"
     # validation weighs the levels of the image score only: the same heat maps
     rows = {r["key"]: r for r in report["rows"]}
-    validated = json.loads((out / "rows" / f"{ROWS[-1]}.json").read_text())["config"]
-    assert validated["validation"] == "synthetic"
+    validated = json.loads((out / "rows" / f"{ROWS[-2]}.json").read_text())["config"]
+    assert validated["validation"] == "synthetic" and validated["segmenter"] is False
     for key in ("pixel_auroc", "aupro"):
-        assert rows[ROWS[-1]][key] == pytest.approx(rows["head_residual_nearest"][key], abs=1e-9)
+        assert rows[ROWS[-2]][key] == pytest.approx(rows["head_residual_nearest"][key], abs=1e-9)
+    # the segmenter adds to the heat map only: the same image scores, other heat maps
+    segmented = json.loads((out / "rows" / f"{ROWS[-1]}.json").read_text())
+    assert segmented["config"]["segmenter"] is True
+    assert segmented["record"]["score"] == "calibrated residual + nearest, validated, segmenter"
+    assert rows[ROWS[-1]]["image_auroc"] == pytest.approx(rows[ROWS[-2]]["image_auroc"], abs=1e-9)
+    assert rows[ROWS[-1]]["pixel_auroc"] != pytest.approx(rows[ROWS[-2]]["pixel_auroc"], abs=1e-9)
     assert not (out / "rows" / "calibrated.state.pt").exists()
     md = (out / "ablation.md").read_text()
     assert "| patch + intra + inter | with | mean | Rec & Div |" in md

@@ -322,7 +322,7 @@ def test_model_file_round_trip_keeps_the_heads(tmp_path):
     from fod.scoring import Detector
     from fod.training import load_model_file, save_model_file
 
-    config = tiny_config(d_model=(8, 8), epochs=1, bank_size=64)
+    config = tiny_config(d_model=(8, 8), epochs=1, bank_size=64, segmenter=False)
     backbone = create_backbone(config.backbone)
     images = torch.rand(10, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -53,6 +53,7 @@ def test_paper_preset_follows_the_paper() -> None:
     assert c.d_model == (256, 512) and c.heads == 8 and c.num_layers == 3 and c.ffn_ratio == 4
     assert c.epochs == 100 and c.batch_size == 1 and c.lr == 1e-4
     assert c.lambda1 == c.lambda2 == 0.5 and c.seed == 3407 and c.variant == Variant()
+    assert c.segmenter is False and c.validation == "none"
 
 
 def test_config_round_trip_is_json() -> None:
@@ -73,6 +74,7 @@ def test_config_round_trip_is_json() -> None:
         "variant",
         "head",
         "head_parts",
+        "segmenter",
     }
 
 

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from fod.backbone import FeatureExtractor
     from fod.scoring import Detector
     from fod.scoring.head import CalibratedHead
+    from fod.scoring.segmenter import AnomalySegmenter
+    from fod.training.fit import FitResult
 
 #: What :meth:`FOD.fit` trains on: a Category, a category folder or a folder of good images,
 #: or a list of image files and folders.
@@ -120,6 +122,7 @@ class FOD:
         self.backbone: FeatureExtractor | None = None
         self.levels: list[FODTransformer] | None = None
         self.heads: list[CalibratedHead] | None = None
+        self.segmenter: AnomalySegmenter | None = None
         self._detector: Detector | None = None
 
     def __repr__(self) -> str:
@@ -149,7 +152,11 @@ class FOD:
         self._require_fitted()
         if self._detector is None:
             self._detector = Detector(
-                self.backbone, self.levels, self.config.image_size, heads=self.heads
+                self.backbone,
+                self.levels,
+                self.config.image_size,
+                heads=self.heads,
+                segmenter=self.segmenter,
             )
             self._detector.to(self.device)
         return self._detector
@@ -224,13 +231,19 @@ class FOD:
         self.levels = result.models
         self.heads = result.heads
         self.history = result.history
+        self.segmenter = None
         self._detector = None
+        segmenter_report = None
+        if result.heads is not None and self.config.segmenter:
+            segmenter_report = self._fit_segmenter(samples, features, result)
         report = None
         if result.heads is not None and self.config.validation == "synthetic":
             assert result.holdout_indices is not None
             held_samples = [samples[int(i)] for i in result.holdout_indices]
             report = self._validate(held_samples, result.holdout)
         self._calibrate(result.holdout if result.heads is not None else features)
+        if segmenter_report is not None:
+            self.stats["segmenter"] = segmenter_report
         if report is not None:
             self.stats["validation"] = report
             self.stats["threshold_rule"] = report["threshold_rule"]
@@ -244,6 +257,28 @@ class FOD:
         self.stats["feature_seconds"] = seconds_features
         self.stats["train_seconds"] = float(sum(h.get("seconds", 0.0) for h in self.history))
         return self
+
+    def _fit_segmenter(
+        self, samples: Sequence[Sample], features: list[Tensor], result: FitResult
+    ) -> dict[str, Any]:
+        """Train the anomaly segmenter on synthetic anomalies made on the fit images
+        (:mod:`fod.training.segmenter`); every torchrun rank trains the same one."""
+        from fod.training.segmenter import fit_segmenter
+
+        assert result.fit_indices is not None
+        fit_samples = [samples[int(i)] for i in result.fit_indices]
+        fit_features = [f[result.fit_indices] for f in features]
+        self.segmenter, report = fit_segmenter(
+            self._backbone(),
+            fit_samples,
+            fit_features,
+            result.holdout,
+            self.config.image_size,
+            self.config.seed,
+            self.device,
+            self.progress,
+        )
+        return report
 
     def _validate(self, samples: Sequence[Sample], features: list[Tensor]) -> dict[str, Any]:
         """Synthetic anomalies on the held-out images: level weights of the image score and
@@ -263,7 +298,12 @@ class FOD:
         self._require_fitted()
         assert self.levels is not None
         self.stats = calibrate(
-            self.levels, features, self.config.image_size, self.device, heads=self.heads
+            self.levels,
+            features,
+            self.config.image_size,
+            self.device,
+            heads=self.heads,
+            segmenter=self.segmenter,
         )
         if not self._user_threshold:
             self.threshold = self.stats["train_score_max"]
@@ -431,6 +471,7 @@ class FOD:
             stats=self.stats,
             history=self.history,
             heads=self.heads,
+            segmenter=self.segmenter,
         )
 
     @classmethod
@@ -452,6 +493,7 @@ class FOD:
         model = cls(config, device=dev, threshold=threshold, progress=progress)
         model.backbone, model.levels = backbone, levels
         model.heads = meta["heads"]
+        model.segmenter = meta["segmenter"]
         model.stats = meta["stats"]
         model.history = meta["history"]
         if threshold is None:

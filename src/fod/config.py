@@ -8,10 +8,12 @@ Two presets (:data:`PRESETS`):
 
 - ``default`` (the field defaults): the FOD transformer at a size a laptop CPU trains in
   minutes, scored by the calibrated head (:mod:`fod.scoring.head`), with a slice of the good
-  images held out to calibrate it;
+  images held out to calibrate it, and the anomaly segmenter (:mod:`fod.scoring.segmenter`)
+  in the heat map;
 - ``paper``: the paper exactly (spec sections 2 to 6): d = 256 / 512 for the stride-8 /
   stride-16 level, 3 layers, 8 heads, FFN 4d, Adam at 1e-4, batch size 1, 100 epochs,
-  lambda1 = lambda2 = 0.5, seed 3407, the paper's token score, every good image trained on.
+  lambda1 = lambda2 = 0.5, seed 3407, the paper's token score, every good image trained on,
+  no segmenter.
 
 >>> cfg = FODConfig(image_size=128, epochs=5)
 >>> FODConfig.from_dict(cfg.to_dict()) == cfg
@@ -43,6 +45,7 @@ SIGNATURE_KEYS: tuple[str, ...] = (
     "variant",
     "head",
     "head_parts",
+    "segmenter",
 )
 #: Keys that only steer training; a resumed run must keep them (except ``epochs``).
 TRAINING_KEYS: tuple[str, ...] = (
@@ -128,6 +131,7 @@ class FODConfig:
     bank_size: int = 32768
     bank_selection: str = "coverage"
     validation: str = "synthetic"
+    segmenter: bool = True
 
     @classmethod
     def paper(cls, **changes: Any) -> FODConfig:
@@ -217,8 +221,11 @@ class FODConfig:
             raise ConfigError(
                 f"validation must be one of {', '.join(VALIDATIONS)}, got {self.validation!r}"
             )
+        if not isinstance(self.segmenter, bool):
+            raise ConfigError(f"segmenter must be true or false, got {self.segmenter!r}")
         if self.head != "calibrated":  # the paper's head holds no images out to validate on
             put("validation", "none")
+            put("segmenter", False)
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
         put("lr", _finite("lr", self.lr, positive=True))
@@ -299,6 +306,7 @@ PAPER: dict[str, Any] = {
     "lr": 1e-4,
     "holdout": 0.0,
     "validation": "none",
+    "segmenter": False,
 }
 #: Named starting points of a config: ``fod train --preset NAME``.
 PRESETS: dict[str, dict[str, Any]] = {"default": {}, "paper": PAPER}
@@ -315,13 +323,14 @@ def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     """A stored config dict from before the calibrated head: the keys it lacks take the
     values every model had then (the paper's head, no held-out images); one from before the
     synthetic validation had none, and one from before the coverage bank drew its bank at
-    random."""
+    random; none before the anomaly segmenter had one."""
     out = dict(data)
     if "head" not in out:
         out.update(head="paper", head_parts=["paper"], holdout=0.0)
         out.setdefault("bank_size", 16384)
     out.setdefault("validation", "none")
     out.setdefault("bank_selection", "random")
+    out.setdefault("segmenter", False)
     return out
 
 

@@ -45,6 +45,7 @@ _CONFIG_OPTIONS = {
     "bank_size": "bank_size",
     "bank_selection": "bank_selection",
     "validation": "validation",
+    "segmenter": "segmenter",
 }
 
 
@@ -217,6 +218,13 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         help="synthetic: add synthetic anomalies to the held-out images to weigh the levels "
         "in the image score and set the threshold; none: plain average, largest held-out "
         f"score (default: {d.validation}; paper: {p.validation})",
+    )
+    g.add_argument(
+        "--segmenter",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add to the heat map an anomaly segmenter trained on synthetic anomalies made on "
+        "the training images (default: on; paper: off)",
     )
     g = parser.add_argument_group("training")
     g.add_argument("--epochs", type=int, help=f"default: {d.epochs}; paper: {p.epochs}")

@@ -5,7 +5,8 @@ The eight paper variants are trained and tested with everything else equal: one
 configuration, one seed, the paper's head, and the same backbone features, computed once for
 the training and the test images and shared by all rows. The head rows share one full model
 trained on the fit split (config.holdout) and differ only in their heads' parts (and, in the
-last row, the synthetic validation's level weights of the image score).
+last rows, the synthetic validation's level weights of the image score and the anomaly
+segmenter in the heat map).
 Every finished row is written to ``OUT/rows/<key>.json`` at once, and an
 interrupted row resumes from its training state, so re-running the command redoes nothing.
 
@@ -88,6 +89,7 @@ def run_ablation(
     from fod.scoring import score_features
     from fod.training import fit, train
     from fod.training.fit import fit_heads
+    from fod.training.segmenter import fit_segmenter
     from fod.training.validation import validate_samples
 
     out = Path(out_dir).expanduser()
@@ -123,6 +125,7 @@ def run_ablation(
                 holdout=holdout,
                 validation=row.validation,
                 bank_selection=row.bank_selection,
+                segmenter=row.segmenter,
             )
         result_path = out / "rows" / f"{row.key}.json"
         head = f"[{index}/{len(chosen)}] {row.key} ({row.views}, {row.score})"
@@ -132,6 +135,7 @@ def run_ablation(
             records.append(record)
             continue
         start = time.perf_counter()
+        segmenter = None
         if row.head_parts is None:
             state = out / "rows" / f"{row.key}.state.pt"
             log(f"{head}: training")
@@ -151,11 +155,28 @@ def run_ablation(
             if row.validation == "synthetic":
                 held = [category.train[int(i)] for i in result.holdout_indices]
                 validate_samples(models, heads, backbone, held, result.holdout, row_config, device)
+            if row.segmenter:
+                fit_samples = [category.train[int(i)] for i in result.fit_indices]
+                segmenter, _ = fit_segmenter(
+                    backbone,
+                    fit_samples,
+                    train_features,
+                    result.holdout,
+                    row_config.image_size,
+                    row_config.seed,
+                    device,
+                    progress,
+                )
         seconds = float(sum(h.get("seconds", 0.0) for h in history)) or (
             time.perf_counter() - start
         )
         maps, scores = score_features(
-            models, features.test, row_config.image_size, device=device, heads=heads
+            models,
+            features.test,
+            row_config.image_size,
+            device=device,
+            heads=heads,
+            segmenter=segmenter,
         )
         metrics = features.evaluate(maps, scores)
         record = _row_record(row, metrics, seconds)
@@ -182,7 +203,8 @@ def run_ablation(
         "columns are its image AUROC (spec section 8). The paper's rows use its score and "
         "train on every good image; the calibrated rows share one full model trained on the "
         "fit split and differ in the parts of their head (validated: the image score's level "
-        "weights chosen on synthetic anomalies).\n\n"
+        "weights chosen on synthetic anomalies; segmenter: the anomaly segmenter added to the "
+        "heat map).\n\n"
     )
 
     write_text(out / "ablation.md", title + note + table + "\n")

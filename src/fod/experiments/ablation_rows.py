@@ -6,7 +6,8 @@ the anomaly score; everything else is held equal when `fod ablate` trains them, 
 paper's head and every good image trained on. The paper's image AUROC (MVTec AD / BTAD /
 MVTec 3D-AD RGB / mean) is kept beside each row for the report. The head rows share one full
 model trained on the fit split of the good images and differ only in the parts their head
-sums (``head_parts``), calibrated on the held-out split.
+sums (``head_parts``), calibrated on the held-out split; the last adds the anomaly segmenter
+to the heat map.
 """
 
 from __future__ import annotations
@@ -31,30 +32,44 @@ class AblationRow:
     head_parts: tuple[str, ...] | None = None
     validation: str = "none"
     bank_selection: str = "coverage"
+    segmenter: bool = False
 
 
-#: Calibrated-head rows: (key, parts, validation, bank selection), from the paper's score
-#: recalibrated to the default (residual + nearest, coverage bank, with the synthetic
-#: validation's level weights); the random-bank rows show what the coverage bank adds.
-HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
-    ("head_paper", ("paper",), "none", "coverage"),
-    ("head_residual", ("residual",), "none", "coverage"),
-    ("head_feature", ("feature",), "none", "coverage"),
-    ("head_nearest", ("nearest",), "none", "coverage"),
-    ("head_nearest_random_bank", ("nearest",), "none", "random"),
-    ("head_feature_nearest", ("feature", "nearest"), "none", "coverage"),
-    ("head_residual_nearest", ("residual", "nearest"), "none", "coverage"),
-    ("head_residual_feature_nearest", ("residual", "feature", "nearest"), "none", "coverage"),
-    ("head_residual_nearest_validated_random_bank", ("residual", "nearest"), "synthetic", "random"),
-    ("head_residual_nearest_validated", ("residual", "nearest"), "synthetic", "coverage"),
+_RN = ("residual", "nearest")
+_RFN = ("residual", "feature", "nearest")
+#: Calibrated-head rows: (key, parts, validation, bank selection, segmenter), from the paper's
+#: score recalibrated to the default (residual + nearest, coverage bank, the synthetic
+#: validation's level weights, the anomaly segmenter in the heat map); the random-bank rows
+#: show what the coverage bank adds.
+HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, bool], ...] = (
+    ("head_paper", ("paper",), "none", "coverage", False),
+    ("head_residual", ("residual",), "none", "coverage", False),
+    ("head_feature", ("feature",), "none", "coverage", False),
+    ("head_nearest", ("nearest",), "none", "coverage", False),
+    ("head_nearest_random_bank", ("nearest",), "none", "random", False),
+    ("head_feature_nearest", ("feature", "nearest"), "none", "coverage", False),
+    ("head_residual_nearest", _RN, "none", "coverage", False),
+    (
+        "head_residual_feature_nearest",
+        ("residual", "feature", "nearest"),
+        "none",
+        "coverage",
+        False,
+    ),
+    ("head_residual_nearest_validated_random_bank", _RN, "synthetic", "random", False),
+    ("head_residual_nearest_validated", _RN, "synthetic", "coverage", False),
+    ("head_residual_nearest_validated_segmenter", _RN, "synthetic", "coverage", True),
 )
 
 
-def _head_score(parts: tuple[str, ...], validation: str, bank_selection: str) -> str:
+def _head_score(
+    parts: tuple[str, ...], validation: str, bank_selection: str, segmenter: bool
+) -> str:
     text = "calibrated " + " + ".join(parts)
     if "nearest" in parts and bank_selection != "coverage":
         text += f", {bank_selection} bank"
-    return text + (", validated" if validation != "none" else "")
+    text += ", validated" if validation != "none" else ""
+    return text + (", segmenter" if segmenter else "")
 
 
 def head_rows() -> list[AblationRow]:
@@ -65,7 +80,7 @@ def head_rows() -> list[AblationRow]:
             "patch + intra + inter",
             "with",
             "mean",
-            _head_score(parts, validation, bank),
+            _head_score(parts, validation, bank, segmenter),
             Variant(),
             None,
             None,
@@ -74,8 +89,9 @@ def head_rows() -> list[AblationRow]:
             parts,
             validation,
             bank,
+            segmenter,
         )
-        for key, parts, validation, bank in HEAD_ROWS
+        for key, parts, validation, bank, segmenter in HEAD_ROWS
     ]
 
 

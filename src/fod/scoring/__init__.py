@@ -9,10 +9,12 @@ from fod.scoring.anomaly_map import (
 )
 from fod.scoring.calibration import PIXEL_PERCENTILES, calibrate
 from fod.scoring.detector import Detector, ScoredSet, level_scores, score_features, score_samples
+from fod.scoring.segmenter import AnomalySegmenter
 
 __all__ = [
     "DEFAULT_SIGMA",
     "PIXEL_PERCENTILES",
+    "AnomalySegmenter",
     "Detector",
     "ScoredSet",
     "anomaly_map",

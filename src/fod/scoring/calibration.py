@@ -25,6 +25,7 @@ from fod.errors import TrainingError
 from fod.model import FODTransformer
 from fod.scoring.detector import score_features
 from fod.scoring.head import CalibratedHead
+from fod.scoring.segmenter import AnomalySegmenter
 
 #: Percentiles of the training pixel scores that fix the heat-map colour range.
 PIXEL_PERCENTILES = (1.0, 99.0)
@@ -42,6 +43,7 @@ def calibrate(
     image_size: int,
     device: str | torch.device = "cpu",
     heads: Sequence[CalibratedHead] | None = None,
+    segmenter: AnomalySegmenter | None = None,
 ) -> dict[str, Any]:
     """Statistics of the training images' scores: counts, image-score summary (its maximum,
     ``train_score_max``, is the threshold) and the pixel percentiles ``pixel_p1`` /
@@ -54,6 +56,7 @@ def calibrate(
         image_size,
         device=device,
         heads=heads,
+        segmenter=segmenter,
     )
     maps, scores = distributed.all_gather_rows(maps), distributed.all_gather_rows(scores)
     s = scores.double().numpy()

@@ -3,7 +3,8 @@
 ``Detector`` chains the frozen backbone, the per-level FOD transformers, their token scores
 (the paper's, spec section 6, or a :class:`~fod.scoring.head.CalibratedHead` per level), the
 upsampled average and the blurred maximum (of a level-weighted average with calibrated heads,
-see :func:`fuse_levels`). It is a plain ``nn.Module``
+see :func:`fuse_levels`), plus an :class:`~fod.scoring.segmenter.AnomalySegmenter`'s map
+in the heat map when the model has one. It is a plain ``nn.Module``
 with a tensor-only forward, so the same object scores a test set, serves the Python API and
 is what gets exported.
 
@@ -29,6 +30,7 @@ from fod.model import FODOutput, FODTransformer
 from fod.model.scores import score_branches
 from fod.scoring.anomaly_map import DEFAULT_SIGMA, anomaly_map, image_scores
 from fod.scoring.head import CalibratedHead
+from fod.scoring.segmenter import AnomalySegmenter
 
 
 def head_scores(model: FODTransformer, head: CalibratedHead, features: Tensor) -> Tensor:
@@ -78,6 +80,23 @@ def fuse_levels(
     return maps, weighted_image_scores(scores, [h.image_weight for h in heads], size, sigma)
 
 
+def score_levels(
+    levels: Sequence[FODTransformer],
+    features: Sequence[Tensor],
+    size: int,
+    sigma: float = DEFAULT_SIGMA,
+    heads: Sequence[CalibratedHead] | None = None,
+    segmenter: AnomalySegmenter | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Backbone features -> (maps (B, S, S), image scores (B,)): :func:`fuse_levels` of the
+    levels' token scores, plus the segmenter's upsampled map when there is one (the heat map
+    only: the image score stays the heads')."""
+    maps, scores = fuse_levels(level_scores(levels, features, heads), size, sigma, heads)
+    if segmenter is not None:
+        maps = maps + anomaly_map([segmenter(features)], size)
+    return maps, scores
+
+
 def weighted_image_scores(
     scores: Sequence[Tensor],
     image_weights: Sequence[Tensor],
@@ -107,10 +126,16 @@ class Detector(nn.Module):
         image_size: int,
         sigma: float = DEFAULT_SIGMA,
         heads: Sequence[CalibratedHead] | None = None,
+        segmenter: AnomalySegmenter | None = None,
     ) -> None:
         super().__init__()
         if heads is not None and len(heads) != len(levels):
             raise ValueError(f"{len(heads)} heads for {len(levels)} level models")
+        if segmenter is not None and segmenter.channels != list(backbone.channels):
+            raise ValueError(
+                f"the segmenter takes levels of {segmenter.channels} channels, the backbone "
+                f"gives {list(backbone.channels)}"
+            )
         if len(levels) != len(backbone.channels):
             raise ValueError(
                 f"{len(levels)} level models for a backbone with {len(backbone.channels)} levels"
@@ -124,6 +149,7 @@ class Detector(nn.Module):
         self.backbone = backbone
         self.levels = nn.ModuleList(levels)
         self.heads = nn.ModuleList(heads) if heads is not None else None
+        self.segmenter = segmenter
         self.image_size = int(image_size)
         self.sigma = float(sigma)
         self.train(False)
@@ -136,8 +162,9 @@ class Detector(nn.Module):
     def score_features(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """Backbone features (one (B, C_l, H_l, W_l) per level) -> (maps, scores)."""
         heads = list(self.heads) if self.heads is not None else None
-        scores = level_scores(list(self.levels), features, heads)
-        return fuse_levels(scores, self.image_size, self.sigma, heads)
+        return score_levels(
+            list(self.levels), features, self.image_size, self.sigma, heads, self.segmenter
+        )
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -162,6 +189,7 @@ def score_features(
     device: str | torch.device = "cpu",
     sigma: float = DEFAULT_SIGMA,
     heads: Sequence[CalibratedHead] | None = None,
+    segmenter: AnomalySegmenter | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Maps (N, S, S) and scores (N,) of precomputed features, batch by batch, on the CPU.
 
@@ -171,7 +199,7 @@ def score_features(
     maps, scores = [], []
     for first in range(0, n, max(1, batch_size)):
         batch = [f[first : first + batch_size].to(device) for f in features]
-        m, s = fuse_levels(level_scores(levels, batch, heads), image_size, sigma, heads)
+        m, s = score_levels(levels, batch, image_size, sigma, heads, segmenter)
         maps.append(m.cpu())
         scores.append(s.cpu())
     return torch.cat(maps), torch.cat(scores)
@@ -254,6 +282,7 @@ __all__ = [
     "head_scores",
     "level_scores",
     "score_features",
+    "score_levels",
     "score_samples",
     "weighted_image_scores",
 ]

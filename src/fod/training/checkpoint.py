@@ -31,6 +31,7 @@ from fod.errors import CheckpointError, FODWarning, OutputError, TrainingError, 
 from fod.io import UnsafeFileError, load_tensors, save_tensors, stamp_problem
 from fod.model import FODTransformer, LevelSpec
 from fod.scoring.head import CalibratedHead
+from fod.scoring.segmenter import AnomalySegmenter
 from fod.training.finite import is_finite_number, nonfinite
 from fod.training.trainer import STATE_FORMAT
 
@@ -72,6 +73,7 @@ def save_model_file(
     stats: Mapping[str, Any] | None = None,
     history: Sequence[Mapping[str, Any]] | None = None,
     heads: Sequence[CalibratedHead] | None = None,
+    segmenter: AnomalySegmenter | None = None,
 ) -> Path:
     """Write a model file atomically; ``stats`` are the normal-score statistics (see
     :class:`fod.api.FOD`)."""
@@ -84,6 +86,9 @@ def save_model_file(
         for i, h in enumerate(heads or [])
         for k, v in h.state_dict().items()
     )
+    bad += nonfinite(
+        (f"segmenter {k}", v) for k, v in (segmenter.state_dict() if segmenter else {}).items()
+    )
     if bad or not is_finite_number(threshold):
         what = f"non-finite weights ({', '.join(bad[:3])})" if bad else f"threshold {threshold}"
         raise TrainingError(
@@ -95,6 +100,10 @@ def save_model_file(
         raise ValueError(f"config head {config.head!r} but heads given: {heads is not None}")
     if heads is not None and len(heads) != len(levels):
         raise ValueError(f"{len(heads)} heads for {len(levels)} levels")
+    if config.segmenter != (segmenter is not None):
+        raise ValueError(
+            f"config segmenter {config.segmenter} but segmenter given: {segmenter is not None}"
+        )
     entries = []
     for i, m in enumerate(levels):
         entry = {
@@ -112,6 +121,7 @@ def save_model_file(
         "config": config.to_dict(),
         "backbone": describe,
         "levels": entries,
+        "segmenter": segmenter.to_state() if segmenter is not None else None,
         "threshold": float(threshold),
         "stats": dict(stats or {}),
         "history": list(history or []),
@@ -273,6 +283,34 @@ def _build_heads(path: Path, config: FODConfig, entries: Any) -> list[Calibrated
     return heads
 
 
+def _build_segmenter(
+    path: Path, config: FODConfig, state: Any, levels: Sequence[FODTransformer]
+) -> AnomalySegmenter | None:
+    """The anomaly segmenter (None when the config has none), checked against the levels."""
+    if not config.segmenter:
+        return None
+    try:
+        segmenter = AnomalySegmenter.from_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{path}: the anomaly segmenter does not match the stored config ({exc}). The file "
+            "is corrupt or was edited; retrain with `fod train`."
+        ) from exc
+    expected = [int(m.spec.channels) for m in levels]
+    if segmenter.channels != expected:
+        raise CheckpointError(
+            f"{path}: the anomaly segmenter takes levels of {segmenter.channels} channels, the "
+            f"model's levels have {expected}; the file is corrupt, retrain with `fod train`."
+        )
+    bad = nonfinite(segmenter.state_dict().items())
+    if bad:
+        raise CheckpointError(
+            f"{path}: the anomaly segmenter holds non-finite weights ({', '.join(bad[:3])}): "
+            "it would score every image NaN. Retrain with `fod train`."
+        )
+    return segmenter.eval()
+
+
 def _build_levels(
     path: Path, config: FODConfig, entries: Any, grid: list[tuple[int, int]] | None
 ) -> list[FODTransformer]:
@@ -327,9 +365,9 @@ def load_model_file(
     ``requested``: settings the caller asked for (a config, or a dict of only the keys the user
     gave, e.g. ``{"image_size": 128}``); any that differ from the stored ones are refused,
     naming the keys. ``meta`` has ``threshold``, ``stats``, ``history``, ``backbone``,
-    ``fod_version``, ``created``, ``path`` and ``heads`` (the calibrated heads, or
-    None for the paper's head). ``build_backbone=False`` skips
-    rebuilding the backbone (returned as None) and the grid check that needs it.
+    ``fod_version``, ``created``, ``path``, ``heads`` (the calibrated heads, or None for the
+    paper's head) and ``segmenter`` (None when the config has none). ``build_backbone=False``
+    skips rebuilding the backbone (returned as None) and the grid check that needs it.
     """
     path = Path(path).expanduser()
     data = read_model_file(path)
@@ -351,6 +389,9 @@ def load_model_file(
     heads = _build_heads(path, config, data["levels"])
     if heads is not None:
         heads = [h.to(device) for h in heads]
+    segmenter = _build_segmenter(path, config, data.get("segmenter"), levels)
+    if segmenter is not None:
+        segmenter = segmenter.to(device)
     threshold = data.get("threshold")
     if not is_finite_number(threshold):
         raise CheckpointError(
@@ -366,6 +407,7 @@ def load_model_file(
         "fod_version": data.get("fod_version"),
         "created": data.get("created"),
         "heads": heads,
+        "segmenter": segmenter,
     }
     return config, backbone, levels, meta
 

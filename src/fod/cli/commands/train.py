@@ -124,7 +124,14 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
         print(
             f"synthetic validation: {report['anomalies']} anomalies on the held-out images; "
             f"image score from parts {' + '.join(report['image_parts'])}, level weights "
-            f"{levels} (synthetic image AUROC {report['image_auroc']:.3f}; heat map "
+            f"{levels} (synthetic image AUROC {report['image_auroc']:.3f}; the heads' heat map "
             f"{report['pixel_auroc']:.3f} pixel AUROC), {report['seconds']:.1f} s"
+        )
+    seg = stats.get("segmenter")
+    if seg:
+        print(
+            f"anomaly segmenter: {seg['anomalies']} synthetic anomalies on the training images, "
+            f"{seg['epochs']} epochs, loss {seg['loss'][0]:.4f} -> {seg['loss'][-1]:.4f}, "
+            f"{seg['seconds']:.1f} s"
         )
     return 0

@@ -1,0 +1,215 @@
+"""Training the anomaly segmenter (:mod:`fod.scoring.segmenter`) without a single defect.
+
+The fit images (the ones the transformers trained on) are the good examples; synthetic
+anomalies made on them (:func:`fod.data.anomalies.synthetic_anomalies`, a seed apart from the
+validation's, which uses the held-out images) are the anomalous ones. Each token's target is
+the share of its cell that the anomaly covers. The images are read, changed and passed
+through the backbone a chunk at a time, so only features are kept in memory.
+
+>>> segmenter, report = fit_segmenter(backbone, fit_samples, fit_features, holdout, 256)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from fod.config import INFERENCE_BATCH_SIZE
+from fod.data import Sample, load_batch
+from fod.data.anomalies import synthetic_anomalies
+from fod.errors import TrainingError
+from fod.scoring.segmenter import AnomalySegmenter, stack_levels
+
+#: Passes over the good and anomalous examples.
+EPOCHS = 6
+BATCH_SIZE = 32
+LR = 1e-3
+#: Synthetic anomalies per fit image, and the bounds on their number.
+PER_IMAGE = 2
+MIN_ANOMALIES, MAX_ANOMALIES = 320, 1024
+#: Images read and changed at a time.
+CHUNK = 32
+#: Seed offset of the segmenter's anomalies (the validation's use the seed itself).
+SEED_OFFSET = 104729
+
+
+def anomaly_count(fit_images: int) -> int:
+    """How many synthetic anomalies to train on: PER_IMAGE per fit image, within bounds."""
+    return int(min(MAX_ANOMALIES, max(MIN_ANOMALIES, PER_IMAGE * fit_images)))
+
+
+def finest_grid(features: Sequence[Tensor]) -> tuple[int, int]:
+    """The largest (H, W) among the levels' (N, C, H, W) features."""
+    return max((int(f.shape[-2]), int(f.shape[-1])) for f in features)
+
+
+def token_targets(masks: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(N, H, W): the share of each token's cell covered by the (N, S, S) boolean ``masks``
+    (an adaptive average pool)."""
+    return F.adaptive_avg_pool2d(masks.float().unsqueeze(1), grid)[:, 0]
+
+
+@torch.no_grad()
+def anomaly_features(
+    backbone: torch.nn.Module,
+    samples: Sequence[Sample],
+    image_size: int,
+    count: int,
+    grid: tuple[int, int],
+    seed: int,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> tuple[list[Tensor], Tensor]:
+    """Backbone features (one (count, C_l, H_l, W_l) tensor per level) of ``count`` synthetic
+    anomalies, anomaly j made on image j mod N of ``samples``, and their (count, H, W) token
+    targets on ``grid``."""
+    if not samples:
+        raise ValueError("the segmenter needs at least one good image to make anomalies on")
+    device = torch.device(device)
+    feats: list[list[Tensor]] = []
+    targets = []
+    starts = range(0, count, CHUNK)
+    for chunk, first in enumerate(
+        tqdm(starts, desc="segmenter anomalies", unit="chunk", disable=not progress, leave=False)
+    ):
+        ids = range(first, min(count, first + CHUNK))
+        images = load_batch([samples[j % len(samples)].image for j in ids], image_size)
+        chunk_seed = int(np.random.SeedSequence([int(seed), chunk]).generate_state(1)[0])
+        changed, masks, _ = synthetic_anomalies(images, len(ids), chunk_seed)
+        for b in range(0, len(ids), INFERENCE_BATCH_SIZE):
+            out = backbone(changed[b : b + INFERENCE_BATCH_SIZE].to(device))
+            feats.append([f.cpu() for f in out])
+        targets.append(token_targets(masks, grid))
+    levels = [torch.cat([f[i] for f in feats]) for i in range(len(feats[0]))]
+    return levels, torch.cat(targets)
+
+
+@torch.no_grad()
+def _logits(seg: AnomalySegmenter, features: Sequence[Tensor], device: torch.device) -> Tensor:
+    n = int(features[0].shape[0])
+    out = [
+        seg.logits([f[i : i + INFERENCE_BATCH_SIZE].to(device) for f in features]).cpu()
+        for i in range(0, n, INFERENCE_BATCH_SIZE)
+    ]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _input_statistics(features: Sequence[Tensor], grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and 1 / std of the stacked levels, accumulated in float64 chunks."""
+    total = sq = None
+    count = 0
+    for i in range(0, int(features[0].shape[0]), INFERENCE_BATCH_SIZE):
+        x = stack_levels([f[i : i + INFERENCE_BATCH_SIZE] for f in features], grid).double()
+        s, s2 = x.sum((0, 2, 3)), (x * x).sum((0, 2, 3))
+        total = s if total is None else total + s
+        sq = s2 if sq is None else sq + s2
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    assert total is not None and sq is not None
+    mean = total / count
+    std = (sq / count - mean * mean).clamp_min(0.0).sqrt()
+    scale = 1.0 / std.clamp_min(1e-6)
+    return mean.float().view(1, -1, 1, 1), scale.float().view(1, -1, 1, 1)
+
+
+def train_segmenter(
+    good: Sequence[Tensor],
+    anomalous: Sequence[Tensor],
+    targets: Tensor,
+    holdout: Sequence[Tensor],
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    epochs: int = EPOCHS,
+    progress: bool = False,
+) -> tuple[AnomalySegmenter, dict[str, Any]]:
+    """An :class:`AnomalySegmenter` trained with binary cross-entropy on ``good`` features
+    (target 0 everywhere) and ``anomalous`` ones (the (N, H, W) ``targets``), then
+    standardised on the ``holdout`` good features. Seeded: the same inputs and seed give
+    the same weights on the CPU."""
+    device = torch.device(device)
+    grid = (int(targets.shape[-2]), int(targets.shape[-1]))
+    channels = [int(f.shape[1]) for f in good]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        seg = AnomalySegmenter(channels, *grid)
+    mean, scale = _input_statistics(good, grid)
+    seg.input_mean.copy_(mean)
+    seg.input_scale.copy_(scale)
+    seg.to(device)
+    n_good = int(good[0].shape[0])
+    n = n_good + int(anomalous[0].shape[0])
+    zeros = torch.zeros(n_good, *grid)
+    gen = torch.Generator().manual_seed(int(seed))
+    opt = torch.optim.Adam(seg.parameters(), lr=LR)
+    losses = []
+    for _ in tqdm(range(epochs), desc="segmenter", unit="epoch", disable=not progress):
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for first in range(0, n, BATCH_SIZE):
+            idx = order[first : first + BATCH_SIZE]
+            g, a = idx[idx < n_good], idx[idx >= n_good] - n_good
+            x = [
+                torch.cat([fg[g], fa[a]]).to(device) for fg, fa in zip(good, anomalous, strict=True)
+            ]
+            y = torch.cat([zeros[g], targets[a]]).to(device)
+            loss = F.binary_cross_entropy_with_logits(seg.logits(x), y)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    "the anomaly segmenter's loss became NaN or infinite. Train without it "
+                    "(--no-segmenter) or check the images for broken pixels."
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        losses.append(total / n)
+    seg.eval()
+    held = _logits(seg, holdout, device).double()
+    spread = float(held.std()) if held.numel() > 1 else 0.0
+    seg.center.fill_(float(held.mean()))
+    seg.scale.fill_(spread if spread > 1e-12 else 1.0)
+    return seg, {"epochs": epochs, "loss": losses}
+
+
+def fit_segmenter(
+    backbone: torch.nn.Module,
+    samples: Sequence[Sample],
+    fit_features: Sequence[Tensor],
+    holdout_features: Sequence[Tensor],
+    image_size: int,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> tuple[AnomalySegmenter, dict[str, Any]]:
+    """The segmenter of a model: synthetic anomalies on the fit ``samples`` (whose backbone
+    features are ``fit_features``), trained against them, standardised on the held-out
+    images. The report gives the anomalies made, the loss per epoch and the seconds."""
+    start = time.perf_counter()
+    grid = finest_grid(fit_features)
+    count = anomaly_count(len(samples))
+    anomalous, targets = anomaly_features(
+        backbone, samples, image_size, count, grid, seed + SEED_OFFSET, device, progress
+    )
+    seg, report = train_segmenter(
+        fit_features, anomalous, targets, holdout_features, seed, device, progress=progress
+    )
+    report.update(anomalies=count, seconds=time.perf_counter() - start)
+    return seg, report
+
+
+__all__ = [
+    "EPOCHS",
+    "anomaly_count",
+    "anomaly_features",
+    "finest_grid",
+    "fit_segmenter",
+    "token_targets",
+    "train_segmenter",
+]

@@ -1,0 +1,251 @@
+"""The anomaly segmenter: its targets, its net and its place in the heat map, against direct
+computations; training that learns on generated features; model files that keep it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from fod.backbone import create_backbone
+from fod.config import FODConfig, legacy_config, preset_config
+from fod.errors import CheckpointError, TrainingError
+from fod.io import save_tensors
+from fod.metrics.classification import auroc_from_groups
+from fod.scoring import Detector
+from fod.scoring.head import fit_head
+from fod.scoring.segmenter import AnomalySegmenter, stack_levels
+from fod.training import load_model_file, save_model_file, train
+from fod.training.segmenter import (
+    MAX_ANOMALIES,
+    MIN_ANOMALIES,
+    anomaly_count,
+    anomaly_features,
+    finest_grid,
+    token_targets,
+    train_segmenter,
+)
+
+
+def bilinear_numpy(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """(C, H, W) -> (C, out_h, out_w), half-pixel centres, edges clamped (align_corners=False)."""
+    c, h, w = x.shape
+    out = np.zeros((c, out_h, out_w))
+    for i in range(out_h):
+        y = max((i + 0.5) * h / out_h - 0.5, 0.0)
+        y0 = min(int(np.floor(y)), h - 1)
+        y1, fy = min(y0 + 1, h - 1), y - y0
+        for j in range(out_w):
+            xx = max((j + 0.5) * w / out_w - 0.5, 0.0)
+            x0 = min(int(np.floor(xx)), w - 1)
+            x1, fx = min(x0 + 1, w - 1), xx - x0
+            out[:, i, j] = (1 - fy) * ((1 - fx) * x[:, y0, x0] + fx * x[:, y0, x1]) + fy * (
+                (1 - fx) * x[:, y1, x0] + fx * x[:, y1, x1]
+            )
+    return out
+
+
+def conv_numpy(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """(C, H, W) convolution with zero padding keeping the size, one output pixel at a time."""
+    out_c, in_c, k, _ = weight.shape
+    pad = k // 2
+    _, h, w = x.shape
+    xp = np.zeros((in_c, h + 2 * pad, w + 2 * pad))
+    xp[:, pad : pad + h, pad : pad + w] = x
+    out = np.zeros((out_c, h, w))
+    for o in range(out_c):
+        for i in range(h):
+            for j in range(w):
+                out[o, i, j] = (weight[o] * xp[:, i : i + k, j : j + k]).sum() + bias[o]
+    return out
+
+
+def test_token_targets_are_the_share_of_each_cell() -> None:
+    rng = np.random.default_rng(0)
+    masks = torch.from_numpy(rng.random((3, 32, 32)) > 0.7)
+    targets = token_targets(masks, (8, 4)).numpy()
+    expected = masks.numpy().reshape(3, 8, 4, 4, 8).mean(axis=(2, 4))
+    np.testing.assert_allclose(targets, expected, atol=1e-6)
+
+
+def test_stack_levels_brings_coarse_levels_to_the_finest_grid() -> None:
+    gen = torch.Generator().manual_seed(0)
+    fine, coarse = torch.randn(2, 3, 8, 8, generator=gen), torch.randn(2, 5, 4, 4, generator=gen)
+    assert finest_grid([fine, coarse]) == (8, 8) == finest_grid([coarse, fine])
+    stacked = stack_levels([fine, coarse], (8, 8))
+    assert stacked.shape == (2, 8, 8, 8)
+    assert torch.equal(stacked[:, :3], fine)
+    for b in range(2):
+        np.testing.assert_allclose(
+            stacked[b, 3:].numpy(), bilinear_numpy(coarse[b].double().numpy(), 8, 8), atol=1e-5
+        )
+
+
+def test_segmenter_output_against_a_direct_computation() -> None:
+    gen = torch.Generator().manual_seed(1)
+    seg = AnomalySegmenter([3, 2], 6, 6)
+    with torch.no_grad():
+        for p in seg.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        seg.input_mean.copy_(torch.randn(1, 5, 1, 1, generator=gen))
+        seg.input_scale.copy_(torch.rand(1, 5, 1, 1, generator=gen) + 0.5)
+        seg.center.fill_(0.7)
+        seg.scale.fill_(2.5)
+    feats = [torch.randn(1, 3, 6, 6, generator=gen), torch.randn(1, 2, 3, 3, generator=gen)]
+    x = np.concatenate(
+        [feats[0][0].double().numpy(), bilinear_numpy(feats[1][0].double().numpy(), 6, 6)]
+    )
+    x = (x - seg.input_mean[0].double().numpy()) * seg.input_scale[0].double().numpy()
+    layers = [m for m in seg.net if isinstance(m, torch.nn.Conv2d)]
+    for i, conv in enumerate(layers):
+        x = conv_numpy(x, conv.weight.detach().double().numpy(), conv.bias.detach().numpy())
+        if i < len(layers) - 1:
+            x = np.maximum(x, 0.0)
+    expected = np.maximum((x[0] - 0.7) / 2.5, 0.0)
+    assert (expected == 0).any() and (expected > 0).any()
+    with torch.no_grad():
+        got = seg(feats)[0].double().numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="takes 2 feature levels"):
+        seg(feats[:1])
+
+
+def _generated_features(
+    n: int, anomalous: bool, seed: int
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Noise features on an 8 x 8 grid (4 channels) and a 4 x 4 grid (2 channels); in an
+    anomalous one a random square of the fine grid has channel 0 raised by 2."""
+    gen = torch.Generator().manual_seed(seed)
+    fine, coarse = torch.randn(n, 4, 8, 8, generator=gen), torch.randn(n, 2, 4, 4, generator=gen)
+    targets = torch.zeros(n, 8, 8)
+    if anomalous:
+        for i in range(n):
+            y, x = torch.randint(0, 6, (2,), generator=gen).tolist()
+            targets[i, y : y + 3, x : x + 3] = 1.0
+        fine[:, 0] += 2.0 * targets
+    return [fine, coarse], targets
+
+
+def test_training_learns_generated_anomalies_and_standardises_on_held_out() -> None:
+    good, _ = _generated_features(48, False, 0)
+    anomalous, targets = _generated_features(96, True, 1)
+    holdout, _ = _generated_features(16, False, 2)
+    seg, report = train_segmenter(good, anomalous, targets, holdout, seed=0, epochs=8)
+    assert report["epochs"] == 8 and report["loss"][-1] < report["loss"][0]
+    with torch.no_grad():
+        held = ((seg.logits(holdout) - seg.center) / seg.scale).double()
+        assert torch.equal(seg(holdout), held.float().clamp_min(0))
+        assert abs(float(held.mean())) < 1e-5 and abs(float(held.std()) - 1.0) < 1e-4
+        test, test_targets = _generated_features(32, True, 3)
+        out = seg(test)
+    inside, outside = out[test_targets > 0].numpy(), out[test_targets == 0].numpy()
+    assert auroc_from_groups(inside, outside) > 0.95
+    again, _ = train_segmenter(good, anomalous, targets, holdout, seed=0, epochs=8)
+    for a, b in zip(seg.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_nan_feature_stops_training_with_a_clear_error() -> None:
+    good, _ = _generated_features(8, False, 0)
+    anomalous, targets = _generated_features(8, True, 1)
+    anomalous[0][0, 0, 0, 0] = float("nan")
+    with pytest.raises(TrainingError, match="segmenter's loss became NaN"):
+        train_segmenter(good, anomalous, targets, good, epochs=1)
+
+
+def test_anomaly_features_are_seeded_and_their_targets_cover_each_anomaly(
+    generated: Path,
+) -> None:
+    from fod.data import load_category
+
+    samples = load_category(generated).train[:5]
+    backbone = create_backbone("efficientnet_lite0")
+    feats, targets = anomaly_features(backbone, samples, 64, 12, (8, 8), seed=3)
+    assert [tuple(f.shape) for f in feats] == [(12, 40, 8, 8), (12, 112, 4, 4)]
+    assert targets.shape == (12, 8, 8) and float(targets.min()) >= 0 and float(targets.max()) <= 1
+    assert bool((targets.flatten(1).sum(1) > 0).all())
+    again, targets2 = anomaly_features(backbone, samples, 64, 12, (8, 8), seed=3)
+    assert torch.equal(targets, targets2) and torch.equal(feats[0], again[0])
+    _, other = anomaly_features(backbone, samples, 64, 12, (8, 8), seed=4)
+    assert not torch.equal(targets, other)
+    assert anomaly_count(10) == MIN_ANOMALIES and anomaly_count(10_000) == MAX_ANOMALIES
+    assert anomaly_count(300) == 600
+
+
+def _tiny_model() -> tuple:
+    config = tiny_config(epochs=1, batch_size=2, head_parts=("nearest",))
+    backbone = create_backbone(config.backbone)
+    with torch.no_grad():
+        feats = backbone(torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    models = train(config, [f[:4] for f in feats], progress=False).models
+    heads = [
+        fit_head(config.head_parts, m, f[:4], f[4:], config.bank_size, config.seed)
+        for m, f in zip(models, feats, strict=True)
+    ]
+    gen = torch.Generator().manual_seed(5)
+    seg = AnomalySegmenter(backbone.channels, 8, 8)
+    with torch.no_grad():
+        for p in seg.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+        seg.center.fill_(0.2)
+        seg.scale.fill_(1.5)
+    return config, backbone, models, heads, seg.eval()
+
+
+def test_detector_adds_the_segmenter_to_the_heat_map_only() -> None:
+    _, backbone, models, heads, seg = _tiny_model()
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    maps, scores = Detector(backbone, models, 64, heads=heads)(images)
+    maps_s, scores_s = Detector(backbone, models, 64, heads=heads, segmenter=seg)(images)
+    assert torch.equal(scores, scores_s)
+    with torch.no_grad():
+        logits = seg(backbone(images)).double().numpy()
+    added = np.stack([bilinear_numpy(z[None], 64, 64)[0] for z in logits])
+    np.testing.assert_allclose((maps_s - maps).double().numpy(), added, atol=1e-4)
+    wrong = AnomalySegmenter([3, 4], 8, 8)
+    with pytest.raises(ValueError, match="segmenter takes levels of"):
+        Detector(backbone, models, 64, heads=heads, segmenter=wrong)
+
+
+def test_model_file_keeps_the_segmenter_and_refuses_a_broken_one(tmp_path: Path) -> None:
+    config, backbone, models, heads, seg = _tiny_model()
+    path = tmp_path / "m.pt"
+    kwargs = {"threshold": 1.0, "heads": heads}
+    with pytest.raises(ValueError, match="segmenter given: False"):
+        save_model_file(path, config, backbone, models, **kwargs)
+    save_model_file(path, config, backbone, models, segmenter=seg, **kwargs)
+    _, backbone2, levels, meta = load_model_file(path)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    a = Detector(backbone, models, 64, heads=heads, segmenter=seg)(images)
+    b = Detector(backbone2, levels, 64, heads=meta["heads"], segmenter=meta["segmenter"])(images)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+    data = torch.load(path, weights_only=True)
+    data["segmenter"]["net.0.weight"] = torch.zeros(3, 3)
+    save_tensors(tmp_path / "broken.pt", data)
+    with pytest.raises(CheckpointError, match="anomaly segmenter does not match"):
+        load_model_file(tmp_path / "broken.pt")
+    data = torch.load(path, weights_only=True)
+    data["segmenter"]["center"] = torch.tensor(float("nan"))
+    save_tensors(tmp_path / "nan.pt", data)
+    with pytest.raises(CheckpointError, match="non-finite weights"):
+        load_model_file(tmp_path / "nan.pt")
+    data = torch.load(path, weights_only=True)
+    data["segmenter"] = None
+    save_tensors(tmp_path / "none.pt", data)
+    with pytest.raises(CheckpointError, match="anomaly segmenter"):
+        load_model_file(tmp_path / "none.pt")
+
+
+def test_config_switch_paper_preset_and_older_files() -> None:
+    assert FODConfig().segmenter is True
+    assert preset_config("paper").segmenter is False
+    assert FODConfig(head="paper", head_parts=("paper",), holdout=0.0).segmenter is False
+    assert FODConfig(segmenter=False).segmenter is False
+    with pytest.raises(ValueError, match="segmenter must be true or false"):
+        FODConfig(segmenter="yes")
+    old = {k: v for k, v in FODConfig().to_dict().items() if k != "segmenter"}
+    assert FODConfig.from_dict(legacy_config(old)).segmenter is False
