@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fod.backbone import FeatureExtractor
+from fod.batches import map_batches
 from fod.config import INFERENCE_BATCH_SIZE
 from fod.data import ImageDataset, Sample
 from fod.model import FODOutput, FODTransformer
@@ -195,14 +196,13 @@ def score_features(
 
     Used to calibrate on good images without running the backbone again.
     """
-    n = int(features[0].shape[0])
-    maps, scores = [], []
-    for first in range(0, n, max(1, batch_size)):
-        batch = [f[first : first + batch_size].to(device) for f in features]
-        m, s = score_levels(levels, batch, image_size, sigma, heads, segmenter)
-        maps.append(m.cpu())
-        scores.append(s.cpu())
-    return torch.cat(maps), torch.cat(scores)
+    maps, scores = map_batches(
+        lambda batch: score_levels(levels, batch, image_size, sigma, heads, segmenter),
+        features,
+        batch_size,
+        device,
+    )
+    return maps, scores
 
 
 @dataclass

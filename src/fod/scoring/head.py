@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from fod.batches import map_batches
 from fod.model import FODOutput, Variant, token_scores
 from fod.scoring.normality import (
     choose_shrinkage,
@@ -153,19 +154,17 @@ def _outputs(
     (N, C, H, W), on the CPU; Div is computed only when the paper's score needs it."""
     from fod.model.scores import score_branches
 
-    tokens, recon, scores = [], [], []
     variant = model.variant
     branches = score_branches(variant) if paper else frozenset()
-    with torch.no_grad():
-        for first in range(0, features.shape[0], batch_size):
-            x = features[first : first + batch_size].to(device)
-            out = model(x, div_branches=branches, entropy=False)
-            tokens.append(out.tokens.cpu())
-            recon.append(out.reconstruction.cpu())
-            if paper:
-                h, w = model.spec.height, model.spec.width
-                scores.append(token_scores(out, variant, h, w).flatten(1).cpu())
-    return torch.cat(tokens), torch.cat(recon), torch.cat(scores) if paper else None
+    h, w = model.spec.height, model.spec.width
+
+    def run(batch: list[Tensor]) -> list[Tensor]:
+        out = model(batch[0], div_branches=branches, entropy=False)
+        parts = [out.tokens, out.reconstruction]
+        return [*parts, token_scores(out, variant, h, w).flatten(1)] if paper else parts
+
+    outputs = map_batches(run, [features], batch_size, device)
+    return outputs[0], outputs[1], outputs[2] if paper else None
 
 
 def fit_head(

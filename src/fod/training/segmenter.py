@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fod.batches import map_batches
 from fod.config import INFERENCE_BATCH_SIZE
 from fod.data import Sample, load_batch
 from fod.data.anomalies import synthetic_anomalies
@@ -83,22 +84,14 @@ def anomaly_features(
         images = load_batch([samples[j % len(samples)].image for j in ids], image_size)
         chunk_seed = int(np.random.SeedSequence([int(seed), chunk]).generate_state(1)[0])
         changed, masks, _ = synthetic_anomalies(images, len(ids), chunk_seed)
-        for b in range(0, len(ids), INFERENCE_BATCH_SIZE):
-            out = backbone(changed[b : b + INFERENCE_BATCH_SIZE].to(device))
-            feats.append([f.cpu() for f in out])
+        feats.append(map_batches(lambda batch: backbone(batch[0]), [changed], device=device))
         targets.append(token_targets(masks, grid))
     levels = [torch.cat([f[i] for f in feats]) for i in range(len(feats[0]))]
     return levels, torch.cat(targets)
 
 
-@torch.no_grad()
 def _logits(seg: AnomalySegmenter, features: Sequence[Tensor], device: torch.device) -> Tensor:
-    n = int(features[0].shape[0])
-    out = [
-        seg.logits([f[i : i + INFERENCE_BATCH_SIZE].to(device) for f in features]).cpu()
-        for i in range(0, n, INFERENCE_BATCH_SIZE)
-    ]
-    return torch.cat(out)
+    return map_batches(seg.logits, features, device=device)[0]
 
 
 @torch.no_grad()

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fod.batches import map_batches
 from fod.config import INFERENCE_BATCH_SIZE, FODConfig
 from fod.data import Sample, load_batch
 from fod.data.anomalies import synthetic_anomalies
@@ -167,30 +168,19 @@ def separating_threshold(good: np.ndarray, anomalous: np.ndarray) -> float:
     return float(candidates[best[-1]])
 
 
-@torch.no_grad()
 def _scores(
     levels: Sequence[FODTransformer],
     heads: Sequence[CalibratedHead],
     features: Sequence[Tensor],
     device: torch.device,
 ) -> list[Tensor]:
-    n, out = int(features[0].shape[0]), []
-    for first in range(0, n, INFERENCE_BATCH_SIZE):
-        batch = [f[first : first + INFERENCE_BATCH_SIZE].to(device) for f in features]
-        out.append([s.cpu() for s in level_scores(levels, batch, heads)])
-    return [torch.cat([b[i] for b in out]) for i in range(len(features))]
+    return map_batches(lambda batch: level_scores(levels, batch, heads), features, device=device)
 
 
-@torch.no_grad()
 def _backbone_features(
     backbone: torch.nn.Module, images: Tensor, device: torch.device
 ) -> list[Tensor]:
-    parts = []
-    for first in range(0, images.shape[0], INFERENCE_BATCH_SIZE):
-        parts.append(
-            [f.cpu() for f in backbone(images[first : first + INFERENCE_BATCH_SIZE].to(device))]
-        )
-    return [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
+    return map_batches(lambda batch: backbone(batch[0]), [images], device=device)
 
 
 def validate(
