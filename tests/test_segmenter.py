@@ -249,3 +249,31 @@ def test_config_switch_paper_preset_and_older_files() -> None:
         FODConfig(segmenter="yes")
     old = {k: v for k, v in FODConfig().to_dict().items() if k != "segmenter"}
     assert FODConfig.from_dict(legacy_config(old)).segmenter is False
+
+
+def test_cli_trains_it_by_default_and_leaves_it_out_on_request(
+    generated: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from conftest import tiny_args
+
+    from fod.api import FOD
+    from fod.cli.main import main
+
+    on, off = tmp_path / "on.pt", tmp_path / "off.pt"
+    assert main(["train", str(generated), "--out", str(on), *tiny_args(epochs=1)]) == 0
+    printed = capsys.readouterr().out
+    model = FOD.load(on, progress=False)
+    assert model.config.segmenter and model.segmenter is not None
+    report = model.stats["segmenter"]
+    assert report["anomalies"] == anomaly_count(model.stats["num_train"])
+    assert f"anomaly segmenter: {report['anomalies']} synthetic anomalies" in printed
+    args = ["train", str(generated), "--out", str(off), *tiny_args(epochs=1), "--no-segmenter"]
+    assert main(args) == 0
+    plain = FOD.load(off, progress=False)
+    assert not plain.config.segmenter and plain.segmenter is None
+    assert "segmenter" not in plain.stats and "anomaly segmenter" not in capsys.readouterr().out
+    # the segmenter changes the heat maps, never the image scores
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    maps_on, scores_on = model.score(images)
+    maps_off, scores_off = plain.score(images)
+    assert torch.equal(scores_on, scores_off) and not torch.equal(maps_on, maps_off)
