@@ -200,6 +200,12 @@ def test_two_ranks_train_the_weights_of_one_process(data: Path, tmp_path: Path) 
     h1, h2 = one["history"][0], two_file["history"][0]
     for key in ("loss1", "loss2", "rec"):  # the logged means are over all ranks' rows
         assert h2[key] == pytest.approx(h1[key], rel=1e-5)
+    # every rank trains the segmenter on the same images; the file holds rank 0's
+    seg1, seg2 = one["segmenter"], two_file["segmenter"]
+    assert seg1 is not None and seg2 is not None and seg1.keys() == seg2.keys()
+    for key, x in seg1.items():
+        diff = float((x.double() - seg2[key].double()).norm() / x.double().norm().clamp_min(1e-30))
+        assert diff <= 1e-4, (key, diff)
 
 
 RESUME_SCRIPT = """

@@ -262,7 +262,10 @@ class FOD:
         self, samples: Sequence[Sample], features: list[Tensor], result: FitResult
     ) -> dict[str, Any]:
         """Train the anomaly segmenter on synthetic anomalies made on the fit images
-        (:mod:`fod.training.segmenter`); every torchrun rank trains the same one."""
+        (:mod:`fod.training.segmenter`). Every torchrun rank trains one and all keep rank 0's,
+        so a GPU's nondeterminism cannot make the ranks' heat maps differ."""
+        from fod import distributed
+        from fod.scoring.segmenter import AnomalySegmenter
         from fod.training.segmenter import fit_segmenter
 
         assert result.fit_indices is not None
@@ -278,6 +281,9 @@ class FOD:
             self.device,
             self.progress,
         )
+        if distributed.context().enabled:
+            state = distributed.all_gather_object(self.segmenter.to_state())[0]
+            self.segmenter = AnomalySegmenter.from_state_dict(state).to(self.device).eval()
         return report
 
     def _validate(self, samples: Sequence[Sample], features: list[Tensor]) -> dict[str, Any]:
