@@ -85,15 +85,13 @@ class AnomalySegmenter(nn.Module):
     def from_state_dict(cls, state: dict[str, Tensor]) -> AnomalySegmenter:
         """A segmenter of the shapes ``state`` holds (as a model file stores it)."""
         total = int(state["input_mean"].shape[1])
-        seg = cls([total], 1, 1)
         grid = state.get("grid")
         if grid is None or grid.numel() != 2:
             raise ValueError("segmenter state has no grid")
-        seg.grid = (int(grid[0]), int(grid[1]))
         levels = state.get("level_channels")
         if levels is None or int(levels.sum()) != total:
             raise ValueError("segmenter state's level channels do not add up to its input")
-        seg.channels = [int(c) for c in levels]
+        seg = cls([int(c) for c in levels], int(grid[0]), int(grid[1]))
         seg.load_state_dict({k: v for k, v in state.items() if k not in _SHAPES}, strict=True)
         return seg
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from fod import distributed
 from fod.backbone import FeatureExtractor
+from fod.batches import map_batches
 from fod.config import INFERENCE_BATCH_SIZE
 from fod.data import ImageDataset, Sample
 from fod.errors import DataError, FODWarning
@@ -69,6 +70,14 @@ def extract_features(
         for store, m in zip(levels, maps, strict=True):
             store.append(m.float().cpu())
     return [torch.cat(parts) for parts in levels]
+
+
+def image_features(
+    backbone: torch.nn.Module, images: Tensor, device: str | torch.device = "cpu"
+) -> list[Tensor]:
+    """Backbone features of ``images`` (N, 3, S, S) already in memory (synthetic anomalies),
+    batch by batch: one (N, C_l, H_l, W_l) CPU tensor per level."""
+    return map_batches(lambda batch: backbone(batch[0]), [images], device=device)
 
 
 def _file_entry(path: Path) -> list[Any]:
@@ -204,4 +213,4 @@ def gathered_features(
     return levels
 
 
-__all__ = ["FeatureCache", "extract_features", "feature_key", "gathered_features"]
+__all__ = ["FeatureCache", "extract_features", "feature_key", "gathered_features", "image_features"]

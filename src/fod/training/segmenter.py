@@ -27,6 +27,7 @@ from fod.data import Sample, load_batch
 from fod.data.anomalies import synthetic_anomalies
 from fod.errors import TrainingError
 from fod.scoring.segmenter import AnomalySegmenter, stack_levels
+from fod.training.features import image_features
 
 #: Passes over the good and anomalous examples.
 EPOCHS = 6
@@ -84,7 +85,7 @@ def anomaly_features(
         images = load_batch([samples[j % len(samples)].image for j in ids], image_size)
         chunk_seed = int(np.random.SeedSequence([int(seed), chunk]).generate_state(1)[0])
         changed, masks, _ = synthetic_anomalies(images, len(ids), chunk_seed)
-        feats.append(map_batches(lambda batch: backbone(batch[0]), [changed], device=device))
+        feats.append(image_features(backbone, changed, device))
         targets.append(token_targets(masks, grid))
     levels = [torch.cat([f[i] for f in feats]) for i in range(len(feats[0]))]
     return levels, torch.cat(targets)

@@ -41,6 +41,7 @@ from fod.model import FODTransformer
 from fod.scoring.anomaly_map import DEFAULT_SIGMA, anomaly_map, gaussian_blur
 from fod.scoring.detector import level_scores, weighted_image_scores
 from fod.scoring.head import CalibratedHead
+from fod.training.features import image_features
 
 #: Level weights are multiples of this step.
 WEIGHT_STEP = 0.25
@@ -177,12 +178,6 @@ def _scores(
     return map_batches(lambda batch: level_scores(levels, batch, heads), features, device=device)
 
 
-def _backbone_features(
-    backbone: torch.nn.Module, images: Tensor, device: torch.device
-) -> list[Tensor]:
-    return map_batches(lambda batch: backbone(batch[0]), [images], device=device)
-
-
 def validate(
     levels: Sequence[FODTransformer],
     heads: Sequence[CalibratedHead],
@@ -204,7 +199,7 @@ def validate(
     count = max(MIN_ANOMALIES, PER_IMAGE * n)
     images, masks, kinds = synthetic_anomalies(good_images, count, seed)
     good = _scores(levels, heads, good_features, device)
-    anomalous = _scores(levels, heads, _backbone_features(backbone, images, device), device)
+    anomalous = _scores(levels, heads, image_features(backbone, images, device), device)
     parts = heads[0].parts
     best, table = choose_image_weighting(good, anomalous, parts, image_size, sigma)
     weights = image_weights(best["levels"], [p in best["parts"] for p in parts])
