@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from fod.scoring import Detector
     from fod.scoring.head import CalibratedHead
     from fod.scoring.segmenter import AnomalySegmenter
-    from fod.training.fit import FitResult
 
 #: What :meth:`FOD.fit` trains on: a Category, a category folder or a folder of good images,
 #: or a list of image files and folders.
@@ -235,7 +234,11 @@ class FOD:
         self._detector = None
         segmenter_report = None
         if result.heads is not None and self.config.segmenter:
-            segmenter_report = self._fit_segmenter(samples, features, result)
+            from fod.training.segmenter import fit_model_segmenter
+
+            self.segmenter, segmenter_report = fit_model_segmenter(
+                self._backbone(), samples, features, result, self.config, self.device, self.progress
+            )
         report = None
         if result.heads is not None and self.config.validation == "synthetic":
             assert result.holdout_indices is not None
@@ -257,34 +260,6 @@ class FOD:
         self.stats["feature_seconds"] = seconds_features
         self.stats["train_seconds"] = float(sum(h.get("seconds", 0.0) for h in self.history))
         return self
-
-    def _fit_segmenter(
-        self, samples: Sequence[Sample], features: list[Tensor], result: FitResult
-    ) -> dict[str, Any]:
-        """Train the anomaly segmenter on synthetic anomalies made on the fit images
-        (:mod:`fod.training.segmenter`). Every torchrun rank trains one and all keep rank 0's,
-        so a GPU's nondeterminism cannot make the ranks' heat maps differ."""
-        from fod import distributed
-        from fod.scoring.segmenter import AnomalySegmenter
-        from fod.training.segmenter import fit_segmenter
-
-        assert result.fit_indices is not None
-        fit_samples = [samples[int(i)] for i in result.fit_indices]
-        fit_features = [f[result.fit_indices] for f in features]
-        self.segmenter, report = fit_segmenter(
-            self._backbone(),
-            fit_samples,
-            fit_features,
-            result.holdout,
-            self.config.image_size,
-            self.config.seed,
-            self.device,
-            self.progress,
-        )
-        if distributed.context().enabled:
-            state = distributed.all_gather_object(self.segmenter.to_state())[0]
-            self.segmenter = AnomalySegmenter.from_state_dict(state).to(self.device).eval()
-        return report
 
     def _validate(self, samples: Sequence[Sample], features: list[Tensor]) -> dict[str, Any]:
         """Synthetic anomalies on the held-out images: level weights of the image score and

@@ -89,7 +89,7 @@ def run_ablation(
     from fod.scoring import score_features
     from fod.training import fit, train
     from fod.training.fit import fit_heads
-    from fod.training.segmenter import fit_segmenter
+    from fod.training.segmenter import fit_model_segmenter
     from fod.training.validation import validate_samples
 
     out = Path(out_dir).expanduser()
@@ -156,16 +156,8 @@ def run_ablation(
                 held = [category.train[int(i)] for i in result.holdout_indices]
                 validate_samples(models, heads, backbone, held, result.holdout, row_config, device)
             if row.segmenter:
-                fit_samples = [category.train[int(i)] for i in result.fit_indices]
-                segmenter, _ = fit_segmenter(
-                    backbone,
-                    fit_samples,
-                    train_features,
-                    result.holdout,
-                    row_config.image_size,
-                    row_config.seed,
-                    device,
-                    progress,
+                segmenter, _ = fit_model_segmenter(
+                    backbone, category.train, features.train, result, row_config, device, progress
                 )
         seconds = float(sum(h.get("seconds", 0.0) for h in history)) or (
             time.perf_counter() - start

@@ -21,13 +21,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fod import distributed
 from fod.batches import map_batches
-from fod.config import INFERENCE_BATCH_SIZE
+from fod.config import INFERENCE_BATCH_SIZE, FODConfig
 from fod.data import Sample, load_batch
 from fod.data.anomalies import synthetic_anomalies
 from fod.errors import TrainingError
 from fod.scoring.segmenter import AnomalySegmenter, stack_levels
 from fod.training.features import image_features
+from fod.training.fit import FitResult
 
 #: Passes over the good and anomalous examples.
 EPOCHS = 6
@@ -198,11 +200,43 @@ def fit_segmenter(
     return seg, report
 
 
+def fit_model_segmenter(
+    backbone: torch.nn.Module,
+    samples: Sequence[Sample],
+    features: Sequence[Tensor],
+    result: FitResult,
+    config: FODConfig,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> tuple[AnomalySegmenter, dict[str, Any]]:
+    """:func:`fit_segmenter` for a finished :func:`~fod.training.fit.fit` of ``samples``
+    (whose backbone ``features`` it was given): its fit images and held-out features.
+    Under torchrun every rank trains one and all keep rank 0's, so a GPU's nondeterminism
+    cannot make the ranks' heat maps differ."""
+    if result.fit_indices is None:
+        raise ValueError("the segmenter needs a fit with held-out images (the calibrated head)")
+    seg, report = fit_segmenter(
+        backbone,
+        [samples[int(i)] for i in result.fit_indices],
+        [f[result.fit_indices] for f in features],
+        result.holdout,
+        config.image_size,
+        config.seed,
+        device,
+        progress,
+    )
+    if distributed.context().enabled:
+        state = distributed.all_gather_object(seg.to_state())[0]
+        seg = AnomalySegmenter.from_state_dict(state).to(device).eval()
+    return seg, report
+
+
 __all__ = [
     "EPOCHS",
     "anomaly_count",
     "anomaly_features",
     "finest_grid",
+    "fit_model_segmenter",
     "fit_segmenter",
     "token_targets",
     "train_segmenter",
