@@ -1,4 +1,5 @@
-"""What many test files share: one tiny configuration and one generated data set.
+"""What many test files share: one tiny configuration, one generated data set, a hand-written
+bilinear resize (the independent reference for every upsampling).
 
 ``TINY`` is the smallest configuration that still runs the whole method (EfficientNet-Lite0 at
 64 px, two levels of d = 32, two heads, one layer), so a training run takes seconds on a CPU.
@@ -55,6 +56,24 @@ def assert_defects_outscore_normals(
         assert metrics[key] >= GENERATED_BARS[key], (key, metrics[key])
     ratio = float(np.mean(defect) / np.mean(good))
     assert ratio >= GENERATED_BARS["score_ratio"], ratio
+
+
+def bilinear_numpy(grid: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Bilinear resize with half-pixel centres (align_corners=False), written out by hand."""
+    in_h, in_w = grid.shape
+
+    def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+        src = np.clip(src, 0.0, n_in - 1)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return lo, hi, src - lo
+
+    y0, y1, wy = axis(out_h, in_h)
+    x0, x1, wx = axis(out_w, in_w)
+    top = grid[y0][:, x0] * (1 - wx) + grid[y0][:, x1] * wx
+    bottom = grid[y1][:, x0] * (1 - wx) + grid[y1][:, x1] * wx
+    return top * (1 - wy[:, None]) + bottom * wy[:, None]
 
 
 def tiny_config(**changes: Any) -> FODConfig:

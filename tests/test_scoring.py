@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import bilinear_numpy
 from scipy import ndimage
 
 from fod.backbone import create_backbone
@@ -19,24 +20,6 @@ from fod.scoring import (
 )
 
 S = 64
-
-
-def bilinear_numpy(grid: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Bilinear resize with half-pixel centres (align_corners=False), written out by hand."""
-    in_h, in_w = grid.shape
-
-    def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        src = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
-        src = np.clip(src, 0.0, n_in - 1)
-        lo = np.floor(src).astype(int)
-        hi = np.minimum(lo + 1, n_in - 1)
-        return lo, hi, src - lo
-
-    y0, y1, wy = axis(out_h, in_h)
-    x0, x1, wx = axis(out_w, in_w)
-    top = grid[y0][:, x0] * (1 - wx) + grid[y0][:, x1] * wx
-    bottom = grid[y1][:, x0] * (1 - wx) + grid[y1][:, x1] * wx
-    return top * (1 - wy[:, None]) + bottom * wy[:, None]
 
 
 def test_anomaly_map_upsamples_each_level_and_averages() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import bilinear_numpy, tiny_config
 
 from fod.backbone import create_backbone
 from fod.config import FODConfig, legacy_config, preset_config
@@ -30,22 +30,9 @@ from fod.training.segmenter import (
 )
 
 
-def bilinear_numpy(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """(C, H, W) -> (C, out_h, out_w), half-pixel centres, edges clamped (align_corners=False)."""
-    c, h, w = x.shape
-    out = np.zeros((c, out_h, out_w))
-    for i in range(out_h):
-        y = max((i + 0.5) * h / out_h - 0.5, 0.0)
-        y0 = min(int(np.floor(y)), h - 1)
-        y1, fy = min(y0 + 1, h - 1), y - y0
-        for j in range(out_w):
-            xx = max((j + 0.5) * w / out_w - 0.5, 0.0)
-            x0 = min(int(np.floor(xx)), w - 1)
-            x1, fx = min(x0 + 1, w - 1), xx - x0
-            out[:, i, j] = (1 - fy) * ((1 - fx) * x[:, y0, x0] + fx * x[:, y0, x1]) + fy * (
-                (1 - fx) * x[:, y1, x0] + fx * x[:, y1, x1]
-            )
-    return out
+def bilinear_channels(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """:func:`conftest.bilinear_numpy` of each channel of a (C, H, W) array."""
+    return np.stack([bilinear_numpy(c, out_h, out_w) for c in x])
 
 
 def conv_numpy(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -80,7 +67,7 @@ def test_stack_levels_brings_coarse_levels_to_the_finest_grid() -> None:
     assert torch.equal(stacked[:, :3], fine)
     for b in range(2):
         np.testing.assert_allclose(
-            stacked[b, 3:].numpy(), bilinear_numpy(coarse[b].double().numpy(), 8, 8), atol=1e-5
+            stacked[b, 3:].numpy(), bilinear_channels(coarse[b].double().numpy(), 8, 8), atol=1e-5
         )
 
 
@@ -96,7 +83,7 @@ def test_segmenter_output_against_a_direct_computation() -> None:
         seg.scale.fill_(2.5)
     feats = [torch.randn(1, 3, 6, 6, generator=gen), torch.randn(1, 2, 3, 3, generator=gen)]
     x = np.concatenate(
-        [feats[0][0].double().numpy(), bilinear_numpy(feats[1][0].double().numpy(), 6, 6)]
+        [feats[0][0].double().numpy(), bilinear_channels(feats[1][0].double().numpy(), 6, 6)]
     )
     x = (x - seg.input_mean[0].double().numpy()) * seg.input_scale[0].double().numpy()
     layers = [m for m in seg.net if isinstance(m, torch.nn.Conv2d)]
@@ -203,7 +190,7 @@ def test_detector_adds_the_segmenter_to_the_heat_map_only() -> None:
     assert torch.equal(scores, scores_s)
     with torch.no_grad():
         logits = seg(backbone(images)).double().numpy()
-    added = np.stack([bilinear_numpy(z[None], 64, 64)[0] for z in logits])
+    added = bilinear_channels(logits, 64, 64)
     np.testing.assert_allclose((maps_s - maps).double().numpy(), added, atol=1e-4)
     wrong = AnomalySegmenter([3, 4], 8, 8)
     with pytest.raises(ValueError, match="segmenter takes levels of"):
