@@ -162,17 +162,22 @@ def test_a_torchrun_rank_flushes_and_leaves_without_finalization(tmp_path: Path)
 # ------------------------------------------------------------------------- data parallel
 
 
-def _relative_differences(a: Path, b: Path) -> tuple[dict[str, float], float]:
-    """Per-tensor and whole-model relative L2 differences of two model files' weights."""
+def _relative_differences(a: Path, b: Path) -> tuple[dict[str, float], float, float]:
+    """Per-tensor and whole-model relative L2 differences of two model files' weights, key
+    biases left out of the whole-model figure, and the largest absolute difference of a key
+    bias (see test_two_ranks_train_the_weights_of_one_process for why they are apart)."""
     fa, fb = (torch.load(p, weights_only=True) for p in (a, b))
-    per, num, den = {}, 0.0, 0.0
+    per, num, den, key_bias = {}, 0.0, 0.0, 0.0
     for level, (la, lb) in enumerate(zip(fa["levels"], fb["levels"], strict=True)):
         for key, x in la["state_dict"].items():
             x, y = x.double(), lb["state_dict"][key].double()
             per[f"{level}.{key}"] = float((x - y).norm() / x.norm().clamp_min(1e-30))
+            if key.endswith("key.bias"):
+                key_bias = max(key_bias, float((x - y).abs().max()))
+                continue
             num += float(((x - y) ** 2).sum())
             den += float((x**2).sum())
-    return per, (num / den) ** 0.5
+    return per, (num / den) ** 0.5, key_bias
 
 
 @needs_torchrun
@@ -183,11 +188,14 @@ def test_two_ranks_train_the_weights_of_one_process(data: Path, tmp_path: Path) 
     two = _ok(_torchrun(*args, cwd=tmp_path))
     assert "x 2 processes" in two.stdout
     assert not (tmp_path / "two.state.pt").exists()
-    per, overall = _relative_differences(tmp_path / "one.pt", tmp_path / "two.pt")
-    assert overall <= 1e-5
+    per, overall, key_bias = _relative_differences(tmp_path / "one.pt", tmp_path / "two.pt")
     # A key bias adds the same number to every logit of a softmax row, so its gradient is zero
     # in exact arithmetic and Adam scales rounding noise up to steps of size lr: left out of
-    # the per-tensor check (it is in the whole-model figure above).
+    # the relative checks (on one CPU it alone made the whole-model figure 1.03e-5, with every
+    # other tensor within 1e-6). Adam moves a weight by at most about lr per step, so two
+    # runs part by at most 2 lr per step: 8 fit images in batches of 4 are 2 steps of lr 1e-3.
+    assert overall <= 1e-5
+    assert key_bias <= 2 * 2 * 1e-3
     graded = {k: v for k, v in per.items() if not k.endswith("key.bias")}
     assert len(graded) > 20
     assert max(graded.values()) <= 1e-5, max(graded.items(), key=lambda kv: kv[1])
