@@ -59,6 +59,11 @@ def test_regions_cover_a_bounded_share_of_the_image():
         region = anomaly_region(64, 64, np.random.default_rng(seed))
         assert region.dtype == bool
         assert 0 < region.mean() <= MAX_AREA + 1e-9
+    larger = [anomaly_region(64, 64, np.random.default_rng(s), max_area=0.5) for s in range(40)]
+    areas = np.array([r.mean() for r in larger])
+    assert areas.max() <= 0.5 + 1e-9 and (areas > MAX_AREA).any()
+    with pytest.raises(ValueError, match="max_area must be in"):
+        anomaly_region(64, 64, np.random.default_rng(0), max_area=1.5)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -89,6 +94,9 @@ def test_synthetic_anomalies_are_seeded_and_cycle_through_kinds():
         assert torch.equal(diff > MIN_CHANGE, masks[i])
     with pytest.raises(ValueError, match="count >= 1"):
         synthetic_anomalies(images, 0)
+    _, wide, _ = synthetic_anomalies(images, 12, seed=5, max_area=0.5)
+    for i in range(12):  # a region of at most half the image; changed pixels lie inside it
+        assert 0 < float(wide[i].float().mean()) <= 0.5 + 1e-9
 
 
 def test_weight_grid_is_every_step_weighting_summing_to_one():

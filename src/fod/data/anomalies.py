@@ -62,20 +62,24 @@ def perlin_noise(
     return np.sqrt(2.0) * (top * (1 - v) + bottom * v)
 
 
-def anomaly_region(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+def anomaly_region(
+    height: int, width: int, rng: np.random.Generator, max_area: float = MAX_AREA
+) -> np.ndarray:
     """A boolean (height, width) region: Perlin noise above a threshold, covering between
-    :data:`MIN_AREA` and :data:`MAX_AREA` of the image (the last draw's region, cut to its
+    :data:`MIN_AREA` and ``max_area`` of the image (the last draw's region, cut to its
     largest allowed size, after :data:`MAX_TRIES` draws)."""
+    if not MIN_AREA < max_area <= 1.0:
+        raise ValueError(f"max_area must be in ({MIN_AREA}, 1], got {max_area}")
     region = np.zeros((height, width), dtype=bool)
     for _ in range(MAX_TRIES):
         res = (int(2 ** rng.integers(1, 5)), int(2 ** rng.integers(1, 5)))
         noise = perlin_noise(height, width, res, rng)
         region = noise > rng.uniform(0.35, 0.6)
         area = region.mean()
-        if MIN_AREA <= area <= MAX_AREA:
+        if MIN_AREA <= area <= max_area:
             return region
-    if region.mean() > MAX_AREA:  # keep the strongest part of the last draw
-        keep = int(MAX_AREA * height * width)
+    if region.mean() > max_area:  # keep the strongest part of the last draw
+        keep = int(max_area * height * width)
         cut = np.partition(noise.ravel(), -keep)[-keep]
         region = noise >= cut
     if region.mean() < MIN_AREA:  # a small disc where the noise peaks
@@ -111,16 +115,20 @@ def _source(
 
 
 def add_anomaly(
-    image: np.ndarray, other: np.ndarray, kind: str, rng: np.random.Generator
+    image: np.ndarray,
+    other: np.ndarray,
+    kind: str,
+    rng: np.random.Generator,
+    max_area: float = MAX_AREA,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One anomaly of ``kind`` on ``image`` (3, H, W) in [0, 1]; ``other`` is a second good
-    image (the ``paste`` source). Returns the new image and its mask: the pixels that
-    changed by more than :data:`MIN_CHANGE` in some channel."""
+    """One anomaly of ``kind`` on ``image`` (3, H, W) in [0, 1], covering at most ``max_area``
+    of it; ``other`` is a second good image (the ``paste`` source). Returns the new image and
+    its mask: the pixels that changed by more than :data:`MIN_CHANGE` in some channel."""
     if kind not in KINDS:
         raise ValueError(f"anomaly kind must be one of {', '.join(KINDS)}, got {kind!r}")
     image = np.asarray(image, dtype=np.float32)
     _, h, w = image.shape
-    region = anomaly_region(h, w, rng)
+    region = anomaly_region(h, w, rng, max_area)
     opacity = rng.uniform(0.6, 1.0)
     src = np.clip(_source(kind, image, np.asarray(other, dtype=np.float32), rng), 0.0, 1.0)
     out = image.copy()
@@ -132,12 +140,13 @@ def add_anomaly(
 
 
 def synthetic_anomalies(
-    images: Tensor, count: int, seed: int = 0
+    images: Tensor, count: int, seed: int = 0, max_area: float = MAX_AREA
 ) -> tuple[Tensor, Tensor, list[str]]:
     """``count`` anomalous images made from good ``images`` (N, 3, S, S) in [0, 1], cycling
-    through the images and through :data:`KINDS`. Returns the images, their (count, S, S)
-    boolean masks and each one's kind. An anomaly that changed too few pixels (a ``tone``
-    change on a flat black area) is drawn again, up to :data:`MAX_TRIES` times."""
+    through the images and through :data:`KINDS`, each anomaly covering at most ``max_area``
+    of its image. Returns the images, their (count, S, S) boolean masks and each one's kind.
+    An anomaly that changed too few pixels (a ``tone`` change on a flat black area) is drawn
+    again, up to :data:`MAX_TRIES` times."""
     n = int(images.shape[0])
     if n < 1 or count < 1:
         raise ValueError(f"need at least one good image and count >= 1, got {n} and {count}")
@@ -149,7 +158,7 @@ def synthetic_anomalies(
         for attempt in range(MAX_TRIES):
             kind = KINDS[(i + attempt) % len(KINDS)]
             other = arrays[int(rng.integers(n))] if n > 1 else arrays[k]
-            img, mask = add_anomaly(arrays[k], other, kind, rng)
+            img, mask = add_anomaly(arrays[k], other, kind, rng, max_area)
             if mask.mean() >= MIN_AREA / 4:
                 break
         out.append(img)
