@@ -134,6 +134,19 @@ def test_variants_export_with_a_dynamic_batch(
         assert result.ok and result.batch_size == len(batch), result.summary()
 
 
+def test_the_segmenter_context_path_exports(generated: Path, tmp_path: Path) -> None:
+    """Pooling in ceil mode and bringing the pooled map back to the grid, traced and run at
+    other batch sizes, give the checkpoint's maps."""
+    config = tiny_config(epochs=1, segmenter_context=True)
+    model = FOD(config, device="cpu", progress=False).fit(generated)
+    assert model.segmenter is not None and model.segmenter.has_context
+    path = export_onnx(model, tmp_path / "context.onnx", batch_size=2, dynamic_batch=True)
+    images = load_batch(sorted((generated / "test").rglob("*.png"))[:3], S)
+    for batch in (images, images[:1]):
+        result = check_onnx(path, model, batch)
+        assert result.ok and result.batch_size == len(batch), result.summary()
+
+
 # ------------------------------------------------------------------ CLI and errors
 
 

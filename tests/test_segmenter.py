@@ -12,14 +12,16 @@ from conftest import bilinear_numpy, tiny_config
 
 from fod.backbone import create_backbone
 from fod.config import FODConfig, legacy_config, preset_config
+from fod.data.anomalies import MAX_AREA
 from fod.errors import CheckpointError, TrainingError
 from fod.io import save_tensors
 from fod.metrics.classification import auroc_from_groups
 from fod.scoring import Detector
 from fod.scoring.head import fit_head
-from fod.scoring.segmenter import AnomalySegmenter, stack_levels
+from fod.scoring.segmenter import POOL, AnomalySegmenter, stack_levels
 from fod.training import load_model_file, save_model_file, train
 from fod.training.segmenter import (
+    CONTEXT_MAX_AREA,
     MAX_ANOMALIES,
     MIN_ANOMALIES,
     anomaly_count,
@@ -71,27 +73,50 @@ def test_stack_levels_brings_coarse_levels_to_the_finest_grid() -> None:
         )
 
 
-def test_segmenter_output_against_a_direct_computation() -> None:
+def avg_pool_numpy(x: np.ndarray, k: int) -> np.ndarray:
+    """(C, H, W) mean over k x k windows from the top left; a window cut by the edge averages
+    the tokens it holds (ceil mode)."""
+    c, h, w = x.shape
+    rows, cols = -(-h // k), -(-w // k)
+    out = np.zeros((c, rows, cols))
+    for i in range(rows):
+        for j in range(cols):
+            out[:, i, j] = x[:, i * k : (i + 1) * k, j * k : (j + 1) * k].mean(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize("context", [False, True])
+def test_segmenter_output_against_a_direct_computation(context: bool) -> None:
     gen = torch.Generator().manual_seed(1)
-    seg = AnomalySegmenter([3, 2], 6, 6)
+    seg = AnomalySegmenter([3, 2], 6, 6, context=context)
     with torch.no_grad():
         for p in seg.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
         seg.input_mean.copy_(torch.randn(1, 5, 1, 1, generator=gen))
         seg.input_scale.copy_(torch.rand(1, 5, 1, 1, generator=gen) + 0.5)
-        seg.center.fill_(0.7)
         seg.scale.fill_(2.5)
     feats = [torch.randn(1, 3, 6, 6, generator=gen), torch.randn(1, 2, 3, 3, generator=gen)]
     x = np.concatenate(
         [feats[0][0].double().numpy(), bilinear_channels(feats[1][0].double().numpy(), 6, 6)]
     )
     x = (x - seg.input_mean[0].double().numpy()) * seg.input_scale[0].double().numpy()
-    layers = [m for m in seg.net if isinstance(m, torch.nn.Conv2d)]
-    for i, conv in enumerate(layers):
-        x = conv_numpy(x, conv.weight.detach().double().numpy(), conv.bias.detach().numpy())
-        if i < len(layers) - 1:
-            x = np.maximum(x, 0.0)
-    expected = np.maximum((x[0] - 0.7) / 2.5, 0.0)
+
+    def conv(x: np.ndarray, layer: torch.nn.Module) -> np.ndarray:
+        assert isinstance(layer, torch.nn.Conv2d)
+        return conv_numpy(x, layer.weight.detach().double().numpy(), layer.bias.detach().numpy())
+
+    hidden = np.maximum(conv(np.maximum(conv(x, seg.net[0]), 0.0), seg.net[2]), 0.0)
+    if context:
+        assert seg.context is not None
+        wide = np.maximum(conv(avg_pool_numpy(hidden, POOL), seg.context[0]), 0.0)
+        assert wide.shape[1:] == (2, 2)  # 6 tokens in windows of 4: one cut by the edge
+        hidden = np.concatenate([hidden, bilinear_channels(wide, 6, 6)])
+    else:
+        assert seg.context is None
+    logit = conv(hidden, seg.net[4])[0]
+    center = float(np.median(logit))  # half the tokens fall under the clamp
+    seg.center.fill_(center)
+    expected = np.maximum((logit - center) / 2.5, 0.0)
     assert (expected == 0).any() and (expected > 0).any()
     with torch.no_grad():
         got = seg(feats)[0].double().numpy()
@@ -228,14 +253,54 @@ def test_model_file_keeps_the_segmenter_and_refuses_a_broken_one(tmp_path: Path)
 
 
 def test_config_switch_paper_preset_and_older_files() -> None:
-    assert FODConfig().segmenter is True
+    assert FODConfig().segmenter is True and FODConfig().segmenter_context is False
+    assert FODConfig(segmenter_context=True).segmenter_context is True
     assert preset_config("paper").segmenter is False
+    assert preset_config("paper").segmenter_context is False
     assert FODConfig(head="paper", head_parts=("paper",), holdout=0.0).segmenter is False
     assert FODConfig(segmenter=False).segmenter is False
+    assert FODConfig(segmenter=False, segmenter_context=True).segmenter_context is False
     with pytest.raises(ValueError, match="segmenter must be true or false"):
         FODConfig(segmenter="yes")
+    with pytest.raises(ValueError, match="segmenter_context must be true or false"):
+        FODConfig(segmenter_context=1)
     old = {k: v for k, v in FODConfig().to_dict().items() if k != "segmenter"}
     assert FODConfig.from_dict(legacy_config(old)).segmenter is False
+    # a model from before the context path: its segmenter is the local one
+    with_path = FODConfig(segmenter_context=True).to_dict()
+    older = {k: v for k, v in with_path.items() if k != "segmenter_context"}
+    restored = FODConfig.from_dict(legacy_config(older))
+    assert restored.segmenter is True and restored.segmenter_context is False
+
+
+def test_a_model_file_from_before_the_context_path_loads_and_a_mismatch_is_refused(
+    tmp_path: Path,
+) -> None:
+    config, backbone, models, heads, _ = _tiny_model()
+    local_config = config.replace(segmenter_context=False)
+    local = AnomalySegmenter(backbone.channels, 8, 8)
+    assert not local.has_context  # the default
+    with torch.no_grad():
+        for p in local.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(6)) * 0.1)
+    path = tmp_path / "local.pt"
+    save_model_file(
+        path, local_config, backbone, models, threshold=1.0, heads=heads, segmenter=local
+    )
+    data = torch.load(path, weights_only=True)
+    del data["segmenter"]["context"]  # as files written before the context path were
+    data["config"].pop("segmenter_context")
+    save_tensors(tmp_path / "older.pt", data)
+    stored, _, _, meta = load_model_file(tmp_path / "older.pt")
+    loaded = meta["segmenter"]
+    assert stored.segmenter_context is False and not loaded.has_context
+    feats = backbone(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(7)))
+    with torch.no_grad():
+        assert torch.equal(loaded(feats), local(feats))
+    data["config"]["segmenter_context"] = True  # says context, holds the local net
+    save_tensors(tmp_path / "mismatch.pt", data)
+    with pytest.raises(CheckpointError, match="lacks the context path"):
+        load_model_file(tmp_path / "mismatch.pt")
 
 
 def test_cli_trains_it_by_default_and_leaves_it_out_on_request(
@@ -254,6 +319,7 @@ def test_cli_trains_it_by_default_and_leaves_it_out_on_request(
     report = model.stats["segmenter"]
     assert report["anomalies"] == anomaly_count(model.stats["num_train"])
     assert f"anomaly segmenter: {report['anomalies']} synthetic anomalies" in printed
+    assert not model.segmenter.has_context and report["max_area"] == MAX_AREA
     args = ["train", str(generated), "--out", str(off), *tiny_args(epochs=1), "--no-segmenter"]
     assert main(args) == 0
     plain = FOD.load(off, progress=False)
@@ -264,3 +330,15 @@ def test_cli_trains_it_by_default_and_leaves_it_out_on_request(
     maps_on, scores_on = model.score(images)
     maps_off, scores_off = plain.score(images)
     assert torch.equal(scores_on, scores_off) and not torch.equal(maps_on, maps_off)
+    wide = tmp_path / "context.pt"
+    args = [
+        *("train", str(generated), "--out", str(wide), *tiny_args(epochs=1)),
+        "--segmenter-context",
+    ]
+    assert main(args) == 0
+    context = FOD.load(wide, progress=False)
+    assert context.config.segmenter and context.config.segmenter_context
+    assert context.segmenter is not None and context.segmenter.has_context
+    assert context.stats["segmenter"]["max_area"] == CONTEXT_MAX_AREA
+    maps_wide, scores_wide = context.score(images)
+    assert torch.equal(scores_wide, scores_on) and not torch.equal(maps_wide, maps_on)

@@ -75,6 +75,7 @@ def test_config_round_trip_is_json() -> None:
         "head",
         "head_parts",
         "segmenter",
+        "segmenter_context",
     }
 
 

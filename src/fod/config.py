@@ -46,6 +46,7 @@ SIGNATURE_KEYS: tuple[str, ...] = (
     "head",
     "head_parts",
     "segmenter",
+    "segmenter_context",
 )
 #: Keys that only steer training; a resumed run must keep them (except ``epochs``).
 TRAINING_KEYS: tuple[str, ...] = (
@@ -132,6 +133,7 @@ class FODConfig:
     bank_selection: str = "coverage"
     validation: str = "synthetic"
     segmenter: bool = True
+    segmenter_context: bool = False
 
     @classmethod
     def paper(cls, **changes: Any) -> FODConfig:
@@ -223,9 +225,15 @@ class FODConfig:
             )
         if not isinstance(self.segmenter, bool):
             raise ConfigError(f"segmenter must be true or false, got {self.segmenter!r}")
+        if not isinstance(self.segmenter_context, bool):
+            raise ConfigError(
+                f"segmenter_context must be true or false, got {self.segmenter_context!r}"
+            )
         if self.head != "calibrated":  # the paper's head holds no images out to validate on
             put("validation", "none")
             put("segmenter", False)
+        if not self.segmenter:  # the context path is a part of the segmenter
+            put("segmenter_context", False)
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
         put("lr", _finite("lr", self.lr, positive=True))
@@ -307,6 +315,7 @@ PAPER: dict[str, Any] = {
     "holdout": 0.0,
     "validation": "none",
     "segmenter": False,
+    "segmenter_context": False,
 }
 #: Named starting points of a config: ``fod train --preset NAME``.
 PRESETS: dict[str, dict[str, Any]] = {"default": {}, "paper": PAPER}
@@ -323,7 +332,8 @@ def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     """A stored config dict from before the calibrated head: the keys it lacks take the
     values every model had then (the paper's head, no held-out images); one from before the
     synthetic validation had none, and one from before the coverage bank drew its bank at
-    random; none before the anomaly segmenter had one."""
+    random; none before the anomaly segmenter had one, and a segmenter before its context
+    path had none."""
     out = dict(data)
     if "head" not in out:
         out.update(head="paper", head_parts=["paper"], holdout=0.0)
@@ -331,6 +341,7 @@ def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     out.setdefault("validation", "none")
     out.setdefault("bank_selection", "random")
     out.setdefault("segmenter", False)
+    out.setdefault("segmenter_context", False)
     return out
 
 

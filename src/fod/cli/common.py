@@ -46,6 +46,7 @@ _CONFIG_OPTIONS = {
     "bank_selection": "bank_selection",
     "validation": "validation",
     "segmenter": "segmenter",
+    "segmenter_context": "segmenter_context",
 }
 
 
@@ -225,6 +226,14 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="add to the heat map an anomaly segmenter trained on synthetic anomalies made on "
         "the training images (default: on; paper: off)",
+    )
+    g.add_argument(
+        "--segmenter-context",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="give the segmenter a path that sees 12 x 12 tokens at once and train it on "
+        "anomalies of up to half the image, for defects that are large faint regions "
+        "(default: off)",
     )
     g = parser.add_argument_group("training")
     g.add_argument("--epochs", type=int, help=f"default: {d.epochs}; paper: {p.epochs}")

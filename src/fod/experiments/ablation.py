@@ -126,6 +126,7 @@ def run_ablation(
                 validation=row.validation,
                 bank_selection=row.bank_selection,
                 segmenter=row.segmenter,
+                segmenter_context=row.segmenter_context,
             )
         result_path = out / "rows" / f"{row.key}.json"
         head = f"[{index}/{len(chosen)}] {row.key} ({row.views}, {row.score})"
@@ -196,7 +197,7 @@ def run_ablation(
         "train on every good image; the calibrated rows share one full model trained on the "
         "fit split and differ in the parts of their head (validated: the image score's level "
         "weights chosen on synthetic anomalies; segmenter: the anomaly segmenter added to the "
-        "heat map).\n\n"
+        "heat map; with context: with its pooled context path).\n\n"
     )
 
     write_text(out / "ablation.md", title + note + table + "\n")

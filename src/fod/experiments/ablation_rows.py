@@ -6,8 +6,8 @@ the anomaly score; everything else is held equal when `fod ablate` trains them, 
 paper's head and every good image trained on. The paper's image AUROC (MVTec AD / BTAD /
 MVTec 3D-AD RGB / mean) is kept beside each row for the report. The head rows share one full
 model trained on the fit split of the good images and differ only in the parts their head
-sums (``head_parts``), calibrated on the held-out split; the last adds the anomaly segmenter
-to the heat map.
+sums (``head_parts``), calibrated on the held-out split; the last two add the anomaly
+segmenter to the heat map, as the default has it and with its context path.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class AblationRow:
     validation: str = "none"
     bank_selection: str = "coverage"
     segmenter: bool = False
+    segmenter_context: bool = False
 
 
 _RN = ("residual", "nearest")
@@ -40,30 +41,33 @@ _RFN = ("residual", "feature", "nearest")
 #: Calibrated-head rows: (key, parts, validation, bank selection, segmenter), from the paper's
 #: score recalibrated to the default (residual + nearest, coverage bank, the synthetic
 #: validation's level weights, the anomaly segmenter in the heat map); the random-bank rows
-#: show what the coverage bank adds.
-HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, bool], ...] = (
-    ("head_paper", ("paper",), "none", "coverage", False),
-    ("head_residual", ("residual",), "none", "coverage", False),
-    ("head_feature", ("feature",), "none", "coverage", False),
-    ("head_nearest", ("nearest",), "none", "coverage", False),
-    ("head_nearest_random_bank", ("nearest",), "none", "random", False),
-    ("head_feature_nearest", ("feature", "nearest"), "none", "coverage", False),
-    ("head_residual_nearest", _RN, "none", "coverage", False),
-    ("head_residual_feature_nearest", _RFN, "none", "coverage", False),
-    ("head_residual_nearest_validated_random_bank", _RN, "synthetic", "random", False),
-    ("head_residual_nearest_validated", _RN, "synthetic", "coverage", False),
-    ("head_residual_nearest_validated_segmenter", _RN, "synthetic", "coverage", True),
+#: show what the coverage bank adds, the last row what the segmenter's context path (an
+#: option) adds. Segmenter: "" (none), "local" (the default's) or "context".
+HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, str], ...] = (
+    ("head_paper", ("paper",), "none", "coverage", ""),
+    ("head_residual", ("residual",), "none", "coverage", ""),
+    ("head_feature", ("feature",), "none", "coverage", ""),
+    ("head_nearest", ("nearest",), "none", "coverage", ""),
+    ("head_nearest_random_bank", ("nearest",), "none", "random", ""),
+    ("head_feature_nearest", ("feature", "nearest"), "none", "coverage", ""),
+    ("head_residual_nearest", _RN, "none", "coverage", ""),
+    ("head_residual_feature_nearest", _RFN, "none", "coverage", ""),
+    ("head_residual_nearest_validated_random_bank", _RN, "synthetic", "random", ""),
+    ("head_residual_nearest_validated", _RN, "synthetic", "coverage", ""),
+    ("head_residual_nearest_validated_segmenter", _RN, "synthetic", "coverage", "local"),
+    ("head_residual_nearest_validated_segmenter_context", _RN, "synthetic", "coverage", "context"),
 )
 
 
 def _head_score(
-    parts: tuple[str, ...], validation: str, bank_selection: str, segmenter: bool
+    parts: tuple[str, ...], validation: str, bank_selection: str, segmenter: str
 ) -> str:
     text = "calibrated " + " + ".join(parts)
     if "nearest" in parts and bank_selection != "coverage":
         text += f", {bank_selection} bank"
     text += ", validated" if validation != "none" else ""
-    return text + (", segmenter" if segmenter else "")
+    kind = {"": "", "local": ", segmenter", "context": ", segmenter with context"}[segmenter]
+    return text + kind
 
 
 def head_rows() -> list[AblationRow]:
@@ -83,7 +87,8 @@ def head_rows() -> list[AblationRow]:
             parts,
             validation,
             bank,
-            segmenter,
+            bool(segmenter),
+            segmenter == "context",
         )
         for key, parts, validation, bank, segmenter in HEAD_ROWS
     ]

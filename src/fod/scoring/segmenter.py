@@ -14,9 +14,14 @@ threshold: the synthetic validation that weighs those uses anomalies of the same
 could not judge the segmenter fairly.
 
 All levels are brought to the finest grid (bilinear, as the heat map does) and concatenated;
-the net is 1x1 -> ReLU -> 3x3 -> ReLU -> 1x1 convolutions. Statistics and weights are
-buffers and parameters, so it saves with ``state_dict`` and exports with the
-:class:`~fod.scoring.Detector`.
+the net is 1x1 -> ReLU -> 3x3 -> ReLU, then a 1x1 convolution to the logit. With ``context``
+(an option, ``--segmenter-context``) a second path sees a wider neighbourhood: the hidden
+features averaged over :data:`POOL` x :data:`POOL` tokens, a 3x3 convolution and ReLU there,
+brought back to the grid bilinearly and concatenated with the first before the logit. A
+token of a large region unlike its surroundings (a faint patch of another texture) looks
+normal on its own; the pooled path compares a neighbourhood of 12 x 12 tokens. Statistics
+and weights are buffers and parameters, so it saves with ``state_dict`` and exports with
+the :class:`~fod.scoring.Detector`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from torch import Tensor, nn
 
 #: Widths of the two hidden layers.
 HIDDEN = (128, 64)
+#: Tokens per side averaged by the context path.
+POOL = 4
 
 
 def stack_levels(features: Sequence[Tensor], grid: tuple[int, int]) -> Tensor:
@@ -47,21 +54,30 @@ class AnomalySegmenter(nn.Module):
 
     ``max((logit - center) / scale, 0)``, where the input is standardised per channel with the good
     fit images' ``input_mean`` / ``input_scale`` and ``center`` / ``scale`` are the logits'
-    mean and spread over held-out good tokens. Train it with
+    mean and spread over held-out good tokens. ``context=True`` adds the pooled path. Train
+    it with
     :func:`fod.training.segmenter.fit_segmenter`.
     """
 
-    def __init__(self, channels: Sequence[int], height: int, width: int) -> None:
+    def __init__(
+        self, channels: Sequence[int], height: int, width: int, context: bool = False
+    ) -> None:
         super().__init__()
         self.channels = [int(c) for c in channels]
         self.grid = (int(height), int(width))
+        self.has_context = bool(context)
         total = sum(self.channels)
         self.net = nn.Sequential(
             nn.Conv2d(total, HIDDEN[0], 1),
             nn.ReLU(),
             nn.Conv2d(HIDDEN[0], HIDDEN[1], 3, padding=1),
             nn.ReLU(),
-            nn.Conv2d(HIDDEN[1], 1, 1),
+            nn.Conv2d(HIDDEN[1] * (2 if context else 1), 1, 1),
+        )
+        self.context = (
+            nn.Sequential(nn.Conv2d(HIDDEN[1], HIDDEN[1], 3, padding=1), nn.ReLU())
+            if context
+            else None
         )
         self.register_buffer("input_mean", torch.zeros(1, total, 1, 1))
         self.register_buffer("input_scale", torch.ones(1, total, 1, 1))
@@ -75,7 +91,14 @@ class AnomalySegmenter(nn.Module):
                 f"the segmenter takes {len(self.channels)} feature levels, got {len(features)}"
             )
         x = stack_levels(features, self.grid)
-        return self.net((x - self.input_mean) * self.input_scale)[:, 0]
+        hidden = self.net[:4]((x - self.input_mean) * self.input_scale)
+        if self.context is not None:
+            wide = F.avg_pool2d(hidden, POOL, ceil_mode=True)
+            wide = F.interpolate(
+                self.context(wide), size=self.grid, mode="bilinear", align_corners=False
+            )
+            hidden = torch.cat([hidden, wide], dim=1)
+        return self.net[4](hidden)[:, 0]
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         """(B, H, W) logits standardised on held-out good images, clamped at 0."""
@@ -91,7 +114,13 @@ class AnomalySegmenter(nn.Module):
         levels = state.get("level_channels")
         if levels is None or int(levels.sum()) != total:
             raise ValueError("segmenter state's level channels do not add up to its input")
-        seg = cls([int(c) for c in levels], int(grid[0]), int(grid[1]))
+        context = state.get("context")  # absent in files from before the context path
+        seg = cls(
+            [int(c) for c in levels],
+            int(grid[0]),
+            int(grid[1]),
+            context=bool(context) if context is not None else False,
+        )
         seg.load_state_dict({k: v for k, v in state.items() if k not in _SHAPES}, strict=True)
         return seg
 
@@ -100,9 +129,10 @@ class AnomalySegmenter(nn.Module):
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
         state["grid"] = torch.tensor(self.grid)
         state["level_channels"] = torch.tensor(self.channels)
+        state["context"] = torch.tensor(self.has_context)
         return state
 
 
-_SHAPES = ("grid", "level_channels")
+_SHAPES = ("grid", "level_channels", "context")
 
-__all__ = ["HIDDEN", "AnomalySegmenter", "stack_levels"]
+__all__ = ["HIDDEN", "POOL", "AnomalySegmenter", "stack_levels"]

@@ -296,6 +296,12 @@ def _build_segmenter(
             f"{path}: the anomaly segmenter does not match the stored config ({exc}). The file "
             "is corrupt or was edited; retrain with `fod train`."
         ) from exc
+    if segmenter.has_context != config.segmenter_context:
+        raise CheckpointError(
+            f"{path}: the stored config says segmenter_context {config.segmenter_context} but "
+            f"the anomaly segmenter {'has' if segmenter.has_context else 'lacks'} the context "
+            "path; the file is corrupt or was edited, retrain with `fod train`."
+        )
     expected = [int(m.spec.channels) for m in levels]
     if segmenter.channels != expected:
         raise CheckpointError(

@@ -3,8 +3,11 @@
 The fit images (the ones the transformers trained on) are the good examples; synthetic
 anomalies made on them (:func:`fod.data.anomalies.synthetic_anomalies`, a seed apart from the
 validation's, which uses the held-out images) are the anomalous ones. Each token's target is
-the share of its cell that the anomaly covers. The images are read, changed and passed
-through the backbone a chunk at a time, so only features are kept in memory.
+the share of its cell that the anomaly covers. With the context path (an option) the
+anomalies may cover up to half the image (:data:`CONTEXT_MAX_AREA`), so that it also learns
+large regions, which only the pooled path can see whole; without it, up to the validation's
+:data:`fod.data.anomalies.MAX_AREA`. The images are read, changed and passed through the
+backbone a chunk at a time, so only features are kept in memory.
 
 >>> segmenter, report = fit_segmenter(backbone, fit_samples, fit_features, holdout, 256)
 """
@@ -25,7 +28,7 @@ from fod import distributed
 from fod.batches import map_batches
 from fod.config import INFERENCE_BATCH_SIZE, FODConfig
 from fod.data import Sample, load_batch
-from fod.data.anomalies import synthetic_anomalies
+from fod.data.anomalies import MAX_AREA, synthetic_anomalies
 from fod.errors import TrainingError
 from fod.scoring.segmenter import AnomalySegmenter, stack_levels
 from fod.training.features import image_features
@@ -42,6 +45,9 @@ MIN_ANOMALIES, MAX_ANOMALIES = 320, 1024
 CHUNK = 32
 #: Seed offset of the segmenter's anomalies (the validation's use the seed itself).
 SEED_OFFSET = 104729
+#: Largest share of an image a segmenter anomaly covers when the segmenter has the context
+#: path (real defects such as MTD's ``uneven`` cover a quarter of the tile on average).
+CONTEXT_MAX_AREA = 0.5
 
 
 def anomaly_count(fit_images: int) -> int:
@@ -70,10 +76,11 @@ def anomaly_features(
     seed: int,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    max_area: float = MAX_AREA,
 ) -> tuple[list[Tensor], Tensor]:
     """Backbone features (one (count, C_l, H_l, W_l) tensor per level) of ``count`` synthetic
-    anomalies, anomaly j made on image j mod N of ``samples``, and their (count, H, W) token
-    targets on ``grid``."""
+    anomalies of at most ``max_area`` of the image, anomaly j made on image j mod N of
+    ``samples``, and their (count, H, W) token targets on ``grid``."""
     if not samples:
         raise ValueError("the segmenter needs at least one good image to make anomalies on")
     device = torch.device(device)
@@ -86,7 +93,7 @@ def anomaly_features(
         ids = range(first, min(count, first + CHUNK))
         images = load_batch([samples[j % len(samples)].image for j in ids], image_size)
         chunk_seed = int(np.random.SeedSequence([int(seed), chunk]).generate_state(1)[0])
-        changed, masks, _ = synthetic_anomalies(images, len(ids), chunk_seed)
+        changed, masks, _ = synthetic_anomalies(images, len(ids), chunk_seed, max_area)
         feats.append(image_features(backbone, changed, device))
         targets.append(token_targets(masks, grid))
     levels = [torch.cat([f[i] for f in feats]) for i in range(len(feats[0]))]
@@ -124,17 +131,18 @@ def train_segmenter(
     device: str | torch.device = "cpu",
     epochs: int = EPOCHS,
     progress: bool = False,
+    context: bool = False,
 ) -> tuple[AnomalySegmenter, dict[str, Any]]:
-    """An :class:`AnomalySegmenter` trained with binary cross-entropy on ``good`` features
-    (target 0 everywhere) and ``anomalous`` ones (the (N, H, W) ``targets``), then
-    standardised on the ``holdout`` good features. Seeded: the same inputs and seed give
-    the same weights on the CPU."""
+    """An :class:`AnomalySegmenter` (with the context path when ``context``) trained with
+    binary cross-entropy on ``good`` features (target 0 everywhere) and ``anomalous`` ones
+    (the (N, H, W) ``targets``), then standardised on the ``holdout`` good features. Seeded:
+    the same inputs and seed give the same weights on the CPU."""
     device = torch.device(device)
     grid = (int(targets.shape[-2]), int(targets.shape[-1]))
     channels = [int(f.shape[1]) for f in good]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        seg = AnomalySegmenter(channels, *grid)
+        seg = AnomalySegmenter(channels, *grid, context=context)
     mean, scale = _input_statistics(good, grid)
     seg.input_mean.copy_(mean)
     seg.input_scale.copy_(scale)
@@ -183,20 +191,31 @@ def fit_segmenter(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    context: bool = False,
 ) -> tuple[AnomalySegmenter, dict[str, Any]]:
-    """The segmenter of a model: synthetic anomalies on the fit ``samples`` (whose backbone
-    features are ``fit_features``), trained against them, standardised on the held-out
-    images. The report gives the anomalies made, the loss per epoch and the seconds."""
+    """The segmenter of a model (with the context path and its larger anomalies when
+    ``context``): synthetic anomalies on the fit ``samples`` (whose backbone features are
+    ``fit_features``), trained against them, standardised on the held-out images. The
+    report gives the anomalies made, their largest area, the loss per epoch and the
+    seconds."""
     start = time.perf_counter()
     grid = finest_grid(fit_features)
     count = anomaly_count(len(samples))
+    max_area = CONTEXT_MAX_AREA if context else MAX_AREA
     anomalous, targets = anomaly_features(
-        backbone, samples, image_size, count, grid, seed + SEED_OFFSET, device, progress
+        backbone, samples, image_size, count, grid, seed + SEED_OFFSET, device, progress, max_area
     )
     seg, report = train_segmenter(
-        fit_features, anomalous, targets, holdout_features, seed, device, progress=progress
+        fit_features,
+        anomalous,
+        targets,
+        holdout_features,
+        seed,
+        device,
+        progress=progress,
+        context=context,
     )
-    report.update(anomalies=count, seconds=time.perf_counter() - start)
+    report.update(anomalies=count, max_area=max_area, seconds=time.perf_counter() - start)
     return seg, report
 
 
@@ -224,6 +243,7 @@ def fit_model_segmenter(
         config.seed,
         device,
         progress,
+        config.segmenter_context,
     )
     if distributed.context().enabled:
         state = distributed.all_gather_object(seg.to_state())[0]
@@ -232,6 +252,7 @@ def fit_model_segmenter(
 
 
 __all__ = [
+    "CONTEXT_MAX_AREA",
     "EPOCHS",
     "anomaly_count",
     "anomaly_features",
