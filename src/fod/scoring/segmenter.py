@@ -65,7 +65,6 @@ class AnomalySegmenter(nn.Module):
         super().__init__()
         self.channels = [int(c) for c in channels]
         self.grid = (int(height), int(width))
-        self.has_context = bool(context)
         total = sum(self.channels)
         self.net = nn.Sequential(
             nn.Conv2d(total, HIDDEN[0], 1),
@@ -83,6 +82,11 @@ class AnomalySegmenter(nn.Module):
         self.register_buffer("input_scale", torch.ones(1, total, 1, 1))
         self.register_buffer("center", torch.zeros(()))
         self.register_buffer("scale", torch.ones(()))
+
+    @property
+    def has_context(self) -> bool:
+        """Whether the pooled context path is there."""
+        return self.context is not None
 
     def logits(self, features: Sequence[Tensor]) -> Tensor:
         """(B, H, W) raw logits (positive: anomalous) of the levels' ``features``."""
@@ -119,7 +123,7 @@ class AnomalySegmenter(nn.Module):
             [int(c) for c in levels],
             int(grid[0]),
             int(grid[1]),
-            context=bool(context) if context is not None else False,
+            context=context is not None and bool(context),
         )
         seg.load_state_dict({k: v for k, v in state.items() if k not in _SHAPES}, strict=True)
         return seg
