@@ -16,7 +16,7 @@ from fod.experiments.ablation import run_ablation
 from fod.experiments.ablation_rows import ablation_rows, paper_rows
 
 ROWS = ["patch", "intra_noent_div", "inter_coreset", "full", "head_nearest_random_bank",
-        "head_feature_nearest", "head_residual_nearest",
+        "head_feature_nearest", "head_residual_nearest", "head_residual_nearest_validated_single",
         "head_residual_nearest_validated", "head_residual_nearest_validated_segmenter"]  # fmt: skip
 
 
@@ -60,7 +60,7 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
         table = list(csv.DictReader(f))
     assert [r["views"] for r in table] == ["patch-wise", "intra", "inter"] + [
         "patch + intra + inter"
-    ] * 6
+    ] * 7
     assert float(table[3]["image_auroc"]) == pytest.approx(report["rows"][3]["image_auroc"])
     assert float(table[3]["paper_mvtec"]) == 0.992
     # paper rows: the paper's head on every image; head rows: the parts they name, calibrated
@@ -79,8 +79,13 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
     rows = {r["key"]: r for r in report["rows"]}
     validated = json.loads((out / "rows" / f"{ROWS[-2]}.json").read_text())["config"]
     assert validated["validation"] == "synthetic" and validated["segmenter"] is False
+    assert validated["image_rule"] == "band"
+    single = json.loads((out / "rows" / f"{ROWS[-3]}.json").read_text())
+    assert single["config"]["image_rule"] == "single" and single["config"]["segmenter"] is False
+    assert single["record"]["score"] == "calibrated residual + nearest, validated, single weighting"
     for key in ("pixel_auroc", "aupro"):
-        assert rows[ROWS[-2]][key] == pytest.approx(rows["head_residual_nearest"][key], abs=1e-9)
+        for row in ROWS[-3:-1]:
+            assert rows[row][key] == pytest.approx(rows["head_residual_nearest"][key], abs=1e-9)
     # the segmenter adds to the heat map only: the same image scores, other heat maps
     segmented = json.loads((out / "rows" / f"{ROWS[-1]}.json").read_text())
     assert segmented["config"]["segmenter"] is True

@@ -147,6 +147,22 @@ def test_the_segmenter_context_path_exports(generated: Path, tmp_path: Path) -> 
         assert result.ok and result.batch_size == len(batch), result.summary()
 
 
+def test_several_image_weightings_export(model_file: Path, tmp_path: Path, generated: Path) -> None:
+    """The band rule's K weightings (a loop over rows, traced) give the checkpoint's scores."""
+    model = FOD.load(model_file, device="cpu", progress=False)
+    g = torch.Generator().manual_seed(5)
+    assert model.heads is not None
+    for head in model.heads:
+        head.image_weight = torch.rand(3, len(head.parts), generator=g)
+    path = export_onnx(model, tmp_path / "band.onnx", batch_size=2, dynamic_batch=True)
+    images = load_batch(sorted((generated / "test").rglob("*.png"))[:3], S)
+    result = check_onnx(path, model, images)
+    assert result.ok, result.summary()
+    _, scores = run_onnx(path, images)
+    single = FOD.load(model_file, device="cpu", progress=False).score(images)[1].numpy()
+    assert not np.allclose(scores, single)  # the three weightings are what was exported
+
+
 # ------------------------------------------------------------------ CLI and errors
 
 

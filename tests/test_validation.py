@@ -23,14 +23,17 @@ from fod.data.anomalies import (
     perlin_noise,
     synthetic_anomalies,
 )
-from fod.scoring.detector import weighted_image_scores
+from fod.scoring.detector import weighted_image_scores, weighting_maxima
 from fod.scoring.head import CalibratedHead
 from fod.training.validation import (
     THRESHOLD_RULE,
     auroc_standard_error,
+    band_scales,
     choose_image_weighting,
     grid_image_scores,
     image_weights,
+    rate_weightings,
+    rule_weights,
     separating_threshold,
     weight_grid,
 )
@@ -123,6 +126,34 @@ def test_weighted_image_scores_match_scipy():
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
 
 
+def _scipy_image_score(levels: list[torch.Tensor], weights: list[list[float]], size: int) -> list:
+    """Per image: upsample each level's parts, weigh them, average the levels, blur with
+    scipy, take the maximum (one weighting, as the paper's score is formed)."""
+    mixed = sum(
+        torch.einsum(
+            "bphw,p->bhw",
+            F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False),
+            torch.tensor(w, dtype=z.dtype),
+        )
+        for z, w in zip(levels, weights, strict=True)
+    ) / len(levels)
+    return [gaussian_filter(m, 2.0, mode="reflect", truncate=4.0).max() for m in mixed.numpy()]
+
+
+def test_several_weightings_give_the_mean_of_their_maxima():
+    g = torch.Generator().manual_seed(2)
+    levels = [torch.randn(3, 2, 8, 8, generator=g), torch.randn(3, 2, 4, 4, generator=g)]
+    rows = [([2.0, 0.0], [0.0, 0.0]), ([0.5, 0.5], [1.5, 1.5]), ([0.0, 0.25], [0.0, 3.0])]
+    per_level = [torch.tensor([r[i] for r in rows]) for i in range(2)]  # (K, P) per level
+    maxima = weighting_maxima(levels, per_level, 32, sigma=2.0)
+    want = np.array([_scipy_image_score(levels, list(r), 32) for r in rows]).T  # (B, K)
+    np.testing.assert_allclose(maxima.numpy(), want, rtol=1e-5, atol=1e-6)
+    got = weighted_image_scores(levels, per_level, 32, sigma=2.0)
+    np.testing.assert_allclose(got.numpy(), want.mean(axis=1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="1 image weights for 2 levels"):
+        weighting_maxima(levels, per_level[:1], 32)
+
+
 def test_grid_image_scores_match_the_detector_weighting_by_weighting():
     g = torch.Generator().manual_seed(3)
     levels = [torch.randn(7, 2, 8, 8, generator=g), torch.randn(7, 2, 4, 4, generator=g)]
@@ -131,11 +162,59 @@ def test_grid_image_scores_match_the_detector_weighting_by_weighting():
         for w in weight_grid(2)
         for mask in ((True, True), (True, False), (False, True))
     ]
-    got = grid_image_scores(levels, weightings, 32, sigma=2.0, batch_size=3)
+    per_level = [torch.stack([w[i] for w in weightings]) for i in range(2)]
+    got = grid_image_scores(levels, per_level, 32, sigma=2.0, batch_size=3)
     assert got.shape == (len(weightings), 7)
     for row, weights in zip(got, weightings, strict=True):
         want = weighted_image_scores(levels, weights, 32, sigma=2.0)
         torch.testing.assert_close(row, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_band_rule_averages_the_near_best_weightings_over_their_good_spread():
+    g = torch.Generator().manual_seed(4)
+    n_good, n_anomalous = 12, 40
+    # one token per image; level 1 separates, level 0 a little, part "b" is noise
+    good = [torch.randn(n_good, 2, 1, 1, generator=g) for _ in range(2)]
+    anomalous = [torch.randn(n_anomalous, 2, 1, 1, generator=g) for _ in range(2)]
+    anomalous[0][:, 0] += 0.7
+    anomalous[1][:, 0] += 1.5
+    table, near, g_all = rate_weightings(good, anomalous, ("a", "b"), 4, sigma=1.0)
+    top = max(r["auroc"] for r in table)
+    floor = top - auroc_standard_error(top, n_anomalous, n_good)
+    assert near == [i for i, r in enumerate(table) if r["auroc"] >= floor - 1e-12]
+    assert 1 < len(near) < len(table)
+    members, weights = rule_weights("band", table, near, g_all, ("a", "b"))
+    assert members == near and [w.shape for w in weights] == [(len(near), 2)] * 2
+
+    # independently: each member's image scores, each over its good images' spread, averaged
+    def member_scores(z: list[torch.Tensor], i: int) -> np.ndarray:
+        mask = [p in table[i]["parts"] for p in ("a", "b")]
+        return weighted_image_scores(z, image_weights(table[i]["levels"], mask), 4, 1.0).numpy()
+
+    spread = [member_scores(good, i).std(ddof=1) for i in near]
+    assert [table[i]["scale"] for i in near] == pytest.approx(spread, rel=1e-5)
+    for z in (good, anomalous):
+        want = np.mean([member_scores(z, i) / s for i, s in zip(near, spread, strict=True)], axis=0)
+        got = weighted_image_scores(z, weights, 4, sigma=1.0).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # single: the near row nearest the plain average, unscaled, as choose_image_weighting
+    members, weights = rule_weights("single", table, near, g_all, ("a", "b"))
+    best, _ = choose_image_weighting(good, anomalous, ("a", "b"), 4, sigma=1.0)
+    assert (table[members[0]]["levels"], table[members[0]]["parts"]) == (
+        best["levels"],
+        best["parts"],
+    )
+    mask = [p in best["parts"] for p in ("a", "b")]
+    want = image_weights(best["levels"], mask)
+    assert [w.tolist() for w in weights] == [[x.tolist()] for x in want]
+    with pytest.raises(ValueError, match="rule must be one of band, single"):
+        rule_weights("mean", table, near, g_all, ("a", "b"))
+
+
+def test_band_scales_are_the_good_spread_or_one_without_spread():
+    scores = torch.tensor([[1.0, 3.0, 5.0], [2.0, 2.0, 2.0]])
+    assert band_scales(scores).tolist() == pytest.approx([2.0, 1e-6])
+    assert band_scales(scores[:, :1]).tolist() == [1.0, 1.0]
 
 
 def test_choose_image_weighting_keeps_what_separates_and_breaks_ties_to_all_and_uniform():
@@ -215,24 +294,48 @@ def test_separating_threshold_matches_brute_force():
     assert separating_threshold(good, anomalous) == pytest.approx(0.4)
 
 
-def test_fit_validates_on_synthetic_anomalies_and_saves_the_weights(generated, tmp_path):
+def _kept_rows(report: dict, parts: tuple[str, ...]) -> list[list[float]]:
+    """Each level's image_weight rows as the report's kept weightings give them."""
+    return [
+        [
+            [2 * w["levels"][level] * (p in w["parts"]) / w["scale"] for p in parts]
+            for w in report["image_weightings"]
+        ]
+        for level in range(2)
+    ]
+
+
+@pytest.mark.parametrize("rule", ["band", "single"])
+def test_fit_validates_on_synthetic_anomalies_and_saves_the_weights(generated, tmp_path, rule):
     from fod.api import FOD
 
-    model = FOD(tiny_config(), device="cpu", progress=False).fit(generated)
+    model = FOD(tiny_config(image_rule=rule), device="cpu", progress=False).fit(generated)
     report = model.stats["validation"]
     assert report["anomalies"] >= 64 and sum(report["kinds"].values()) == report["anomalies"]
     assert report["good_images"] == model.stats["num_holdout"]
-    levels, kept = report["image_levels"], report["image_parts"]
-    assert tuple(levels) in weight_grid(2) and set(kept) <= set(model.config.head_parts)
-    want = [2 * w * (p in kept) for w in levels for p in model.config.head_parts]
-    assert torch.cat([h.image_weight for h in model.heads]).tolist() == pytest.approx(want)
-    best = max(r["auroc"] for r in report["weightings"])
-    assert report["image_auroc"] == pytest.approx(best)
+    assert report["image_rule"] == rule
+    kept, table = report["image_weightings"], report["weightings"]
+    top = max(r["auroc"] for r in table)
+    floor = top - auroc_standard_error(top, report["anomalies"], report["good_images"])
+    band = [r for r in table if r["auroc"] >= floor - 1e-12]
+    for w in kept:
+        assert tuple(w["levels"]) in weight_grid(2) and set(w["parts"]) <= {"residual", "nearest"}
+    if rule == "band":
+        assert [(w["levels"], w["parts"]) for w in kept] == [
+            (r["levels"], r["parts"]) for r in band
+        ]
+    else:
+        assert len(kept) == 1 and kept[0]["scale"] == 1.0 and kept[0] in band
+    parts = model.config.head_parts
+    want = _kept_rows(report, parts)
+    for head, rows in zip(model.heads, want, strict=True):
+        np.testing.assert_allclose(head.image_weight.numpy(), rows, rtol=1e-6)
     assert model.threshold == pytest.approx(report["threshold"])
     assert model.stats["threshold_rule"] == THRESHOLD_RULE
     path = model.save(tmp_path / "m.pt")
     loaded = FOD.load(path, device="cpu", progress=False)
-    assert torch.cat([h.image_weight for h in loaded.heads]).tolist() == pytest.approx(want)
+    for head, rows in zip(loaded.heads, want, strict=True):
+        np.testing.assert_allclose(head.image_weight.numpy(), rows, rtol=1e-6)
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(loaded.score(images)[1], model.score(images)[1])
 
@@ -241,22 +344,54 @@ def test_without_validation_the_levels_are_averaged_and_the_threshold_is_the_max
     from fod.api import FOD
 
     model = FOD(tiny_config(validation="none"), device="cpu", progress=False).fit(generated)
-    assert "validation" not in model.stats
-    assert [h.image_weight.tolist() for h in model.heads] == [[1.0, 1.0], [1.0, 1.0]]
+    assert "validation" not in model.stats and model.config.image_rule == "single"
+    assert [h.image_weight.tolist() for h in model.heads] == [[[1.0, 1.0]], [[1.0, 1.0]]]
     assert model.threshold == model.stats["train_score_max"]
 
 
 def test_validation_settings_presets_and_legacy_heads():
-    assert FODConfig().validation == "synthetic"
-    assert FODConfig.paper().validation == "none"
+    assert FODConfig().validation == "synthetic" and FODConfig().image_rule == "band"
+    assert FODConfig.paper().validation == "none" and FODConfig.paper().image_rule == "single"
     assert FODConfig(head="paper", holdout=0.0).validation == "none"
+    assert FODConfig(validation="none", image_rule="band").image_rule == "single"
     assert legacy_config({"head": "calibrated"})["validation"] == "none"
+    assert legacy_config({"head": "calibrated", "validation": "synthetic"})["image_rule"] == (
+        "single"
+    )
     with pytest.raises(ValueError, match="validation must be one of synthetic, none"):
         FODConfig(validation="test")
+    with pytest.raises(ValueError, match="image_rule must be one of band, single"):
+        FODConfig(image_rule="best")
     head = CalibratedHead(("feature",), FODConfig().variant, 4, 3, 0, 2, 2)
     state = {k: v for k, v in head.state_dict().items() if k != "image_weight"}
     loaded = CalibratedHead.from_state_dict(state, ("feature",), FODConfig().variant, 2, 2)
-    assert loaded.image_weight.tolist() == [1.0]
+    assert loaded.image_weight.tolist() == [[1.0]]
+    # a file from before several weightings holds one (P,) weight
+    older = {**state, "image_weight": torch.tensor([0.5])}
+    loaded = CalibratedHead.from_state_dict(older, ("feature",), FODConfig().variant, 2, 2)
+    assert loaded.image_weight.tolist() == [[0.5]]
+    with pytest.raises(ValueError, match="at least one weighting"):
+        CalibratedHead(("feature",), FODConfig().variant, 4, 3, 0, 2, 2, weightings=0)
+
+
+def test_a_model_file_with_uneven_weightings_is_refused(generated, tmp_path):
+    from fod.api import FOD
+    from fod.errors import CheckpointError
+    from fod.io import save_tensors
+    from fod.training import load_model_file
+
+    model = FOD(tiny_config(epochs=1), device="cpu", progress=False).fit(generated)
+    data = torch.load(model.save(tmp_path / "m.pt"), weights_only=True)
+    head = data["levels"][0]["head"]
+    head["image_weight"] = torch.cat([head["image_weight"], head["image_weight"][:1]])
+    save_tensors(tmp_path / "uneven.pt", data)
+    with pytest.raises(CheckpointError, match="image-score weightings per level"):
+        load_model_file(tmp_path / "uneven.pt")
+    data["levels"][1]["head"]["image_weight"] = data["levels"][0]["head"]["image_weight"]
+    data["config"]["image_rule"] = "single"
+    save_tensors(tmp_path / "single.pt", data)
+    with pytest.raises(CheckpointError, match="rule 'single' needs one"):
+        load_model_file(tmp_path / "single.pt")
 
 
 def test_cli_train_reports_the_validation_and_can_skip_it(generated, tmp_path, capsys):
@@ -270,7 +405,15 @@ def test_cli_train_reports_the_validation_and_can_skip_it(generated, tmp_path, c
     printed = capsys.readouterr().out
     report = FOD.load(out, device="cpu").stats["validation"]
     assert f"synthetic validation: {report['anomalies']} anomalies" in printed
-    assert f"parts {' + '.join(report['image_parts'])}, level weights" in printed
+    kept = report["image_weightings"]
+    assert f"image score the mean of {len(kept)} weightings of parts and levels" in printed
+    first = kept[0]
+    listed = f"{' + '.join(first['parts'])} at {' / '.join(f'{x:g}' for x in first['levels'])}"
+    assert listed in printed
+    args = ["train", str(generated), "--out", str(out), "--force", "--image-rule", "single"]
+    assert main([*args, *tiny_args()]) == 0
+    assert "image score one weighting of parts and levels" in capsys.readouterr().out
+    assert FOD.load(out, device="cpu").config.image_rule == "single"
     args = ["train", str(generated), "--out", str(out), "--force", "--validation", "none"]
     assert main([*args, "--bank-selection", "random", *tiny_args()]) == 0
     printed = capsys.readouterr().out

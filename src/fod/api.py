@@ -262,7 +262,7 @@ class FOD:
         return self
 
     def _validate(self, samples: Sequence[Sample], features: list[Tensor]) -> dict[str, Any]:
-        """Synthetic anomalies on the held-out images: level weights of the image score and
+        """Synthetic anomalies on the held-out images: weightings of the image score and
         the threshold (:mod:`fod.training.validation`)."""
         from fod.training.validation import validate_samples
 

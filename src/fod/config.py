@@ -71,6 +71,11 @@ BANK_SELECTIONS: tuple[str, ...] = ("coverage", "random")
 #: synthetic anomalies to them to weigh the levels in the image score and set the threshold
 #: (fod.training.validation); ``none`` keeps the plain average and the largest held-out score.
 VALIDATIONS: tuple[str, ...] = ("synthetic", "none")
+#: How the synthetic validation turns its weightings of levels and parts into the image score
+#: (fod.training.validation): ``band`` averages every weighting within one standard error of
+#: the best, each divided by its spread on held-out good images; ``single`` keeps the one of
+#: them nearest the plain average.
+IMAGE_RULES: tuple[str, ...] = ("band", "single")
 #: Smallest image side: the stride-16 level needs at least 2 x 2 tokens.
 MIN_IMAGE_SIZE = 32
 #: Images per forward pass where no gradient flows (backbone features, scoring of features):
@@ -132,6 +137,7 @@ class FODConfig:
     bank_size: int = 32768
     bank_selection: str = "coverage"
     validation: str = "synthetic"
+    image_rule: str = "band"
     segmenter: bool = True
     segmenter_context: bool = False
 
@@ -223,6 +229,10 @@ class FODConfig:
             raise ConfigError(
                 f"validation must be one of {', '.join(VALIDATIONS)}, got {self.validation!r}"
             )
+        if self.image_rule not in IMAGE_RULES:
+            raise ConfigError(
+                f"image_rule must be one of {', '.join(IMAGE_RULES)}, got {self.image_rule!r}"
+            )
         if not isinstance(self.segmenter, bool):
             raise ConfigError(f"segmenter must be true or false, got {self.segmenter!r}")
         if not isinstance(self.segmenter_context, bool):
@@ -232,6 +242,8 @@ class FODConfig:
         if self.head != "calibrated":  # the paper's head holds no images out to validate on
             put("validation", "none")
             put("segmenter", False)
+        if self.validation == "none":  # no weightings to choose among: the plain average
+            put("image_rule", "single")
         if not self.segmenter:  # the context path is a part of the segmenter
             put("segmenter_context", False)
         _positive_int("epochs", self.epochs)
@@ -314,6 +326,7 @@ PAPER: dict[str, Any] = {
     "lr": 1e-4,
     "holdout": 0.0,
     "validation": "none",
+    "image_rule": "single",
     "segmenter": False,
     "segmenter_context": False,
 }
@@ -333,7 +346,7 @@ def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     values every model had then (the paper's head, no held-out images); one from before the
     synthetic validation had none, and one from before the coverage bank drew its bank at
     random; none before the anomaly segmenter had one, and a segmenter before its context
-    path had none."""
+    path had none; a validation before the band rule kept a single weighting."""
     out = dict(data)
     if "head" not in out:
         out.update(head="paper", head_parts=["paper"], holdout=0.0)
@@ -342,6 +355,7 @@ def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     out.setdefault("bank_selection", "random")
     out.setdefault("segmenter", False)
     out.setdefault("segmenter_context", False)
+    out.setdefault("image_rule", "single")
     return out
 
 
@@ -399,6 +413,7 @@ __all__ = [
     "BANK_SELECTIONS",
     "HEADS",
     "HEAD_PARTS",
+    "IMAGE_RULES",
     "INFERENCE_BATCH_SIZE",
     "MIN_IMAGE_SIZE",
     "PAPER",

@@ -45,6 +45,7 @@ _CONFIG_OPTIONS = {
     "bank_size": "bank_size",
     "bank_selection": "bank_selection",
     "validation": "validation",
+    "image_rule": "image_rule",
     "segmenter": "segmenter",
     "segmenter_context": "segmenter_context",
 }
@@ -112,7 +113,15 @@ def add_quiet_option(parser: argparse.ArgumentParser) -> None:
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     """Preset, backbone, model, variant, head and training options (defaults: the preset's)."""
-    from fod.config import BANK_SELECTIONS, HEAD_PARTS, HEADS, PRESETS, VALIDATIONS, FODConfig
+    from fod.config import (
+        BANK_SELECTIONS,
+        HEAD_PARTS,
+        HEADS,
+        IMAGE_RULES,
+        PRESETS,
+        VALIDATIONS,
+        FODConfig,
+    )
 
     d = FODConfig()
     p = FODConfig.paper()
@@ -219,6 +228,14 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         help="synthetic: add synthetic anomalies to the held-out images to weigh the levels "
         "in the image score and set the threshold; none: plain average, largest held-out "
         f"score (default: {d.validation}; paper: {p.validation})",
+    )
+    g.add_argument(
+        "--image-rule",
+        choices=IMAGE_RULES,
+        help="band: the image score averages every weighting of levels and parts that the "
+        "synthetic validation cannot tell from the best (each over its spread on held-out "
+        "good images); single: the one of them nearest the plain average "
+        f"(default: {d.image_rule})",
     )
     g.add_argument(
         "--segmenter",

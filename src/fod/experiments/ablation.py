@@ -5,7 +5,7 @@ The eight paper variants are trained and tested with everything else equal: one
 configuration, one seed, the paper's head, and the same backbone features, computed once for
 the training and the test images and shared by all rows. The head rows share one full model
 trained on the fit split (config.holdout) and differ only in their heads' parts (and, in the
-last rows, the synthetic validation's level weights of the image score and the anomaly
+last rows, the synthetic validation's weightings of the image score and the anomaly
 segmenter in the heat map).
 Every finished row is written to ``OUT/rows/<key>.json`` at once, and an
 interrupted row resumes from its training state, so re-running the command redoes nothing.
@@ -124,6 +124,7 @@ def run_ablation(
                 head_parts=row.head_parts,
                 holdout=holdout,
                 validation=row.validation,
+                image_rule=row.image_rule,
                 bank_selection=row.bank_selection,
                 segmenter=row.segmenter,
                 segmenter_context=row.segmenter_context,
@@ -195,9 +196,10 @@ def run_ablation(
         "Image AUROC, pixel AUROC and AUPRO from the last epoch of each row; the paper's "
         "columns are its image AUROC (spec section 8). The paper's rows use its score and "
         "train on every good image; the calibrated rows share one full model trained on the "
-        "fit split and differ in the parts of their head (validated: the image score's level "
-        "weights chosen on synthetic anomalies; segmenter: the anomaly segmenter added to the "
-        "heat map; with context: with its pooled context path).\n\n"
+        "fit split and differ in the parts of their head (validated: the image score's "
+        "weightings of levels and parts chosen on synthetic anomalies, the mean of those near "
+        "the best or, single, the one nearest the plain average; segmenter: the anomaly "
+        "segmenter added to the heat map; with context: with its pooled context path).\n\n"
     )
 
     write_text(out / "ablation.md", title + note + table + "\n")

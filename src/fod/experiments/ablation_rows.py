@@ -31,6 +31,7 @@ class AblationRow:
     paper_mean: float | None
     head_parts: tuple[str, ...] | None = None
     validation: str = "none"
+    image_rule: str = "single"
     bank_selection: str = "coverage"
     segmenter: bool = False
     segmenter_context: bool = False
@@ -40,9 +41,12 @@ _RN = ("residual", "nearest")
 _RFN = ("residual", "feature", "nearest")
 #: Calibrated-head rows: (key, parts, validation, bank selection, segmenter), from the paper's
 #: score recalibrated to the default (residual + nearest, coverage bank, the synthetic
-#: validation's level weights, the anomaly segmenter in the heat map); the random-bank rows
-#: show what the coverage bank adds, the last row what the segmenter's context path (an
-#: option) adds. Segmenter: "" (none), "local" (the default's) or "context".
+#: validation's band of weightings in the image score, the anomaly segmenter in the heat
+#: map); the random-bank rows show what the coverage bank adds, the single row what the band
+#: adds over the one weighting nearest the plain average, the last row what the segmenter's
+#: context path (an option) adds. Validation: "none", or the synthetic one with the image
+#: rule "band" (the default's) or "single". Segmenter: "" (none), "local" (the default's) or
+#: "context".
 HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, str], ...] = (
     ("head_paper", ("paper",), "none", "coverage", ""),
     ("head_residual", ("residual",), "none", "coverage", ""),
@@ -52,10 +56,11 @@ HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, str], ...] = (
     ("head_feature_nearest", ("feature", "nearest"), "none", "coverage", ""),
     ("head_residual_nearest", _RN, "none", "coverage", ""),
     ("head_residual_feature_nearest", _RFN, "none", "coverage", ""),
-    ("head_residual_nearest_validated_random_bank", _RN, "synthetic", "random", ""),
-    ("head_residual_nearest_validated", _RN, "synthetic", "coverage", ""),
-    ("head_residual_nearest_validated_segmenter", _RN, "synthetic", "coverage", "local"),
-    ("head_residual_nearest_validated_segmenter_context", _RN, "synthetic", "coverage", "context"),
+    ("head_residual_nearest_validated_random_bank", _RN, "band", "random", ""),
+    ("head_residual_nearest_validated_single", _RN, "single", "coverage", ""),
+    ("head_residual_nearest_validated", _RN, "band", "coverage", ""),
+    ("head_residual_nearest_validated_segmenter", _RN, "band", "coverage", "local"),
+    ("head_residual_nearest_validated_segmenter_context", _RN, "band", "coverage", "context"),
 )
 
 
@@ -65,7 +70,9 @@ def _head_score(
     text = "calibrated " + " + ".join(parts)
     if "nearest" in parts and bank_selection != "coverage":
         text += f", {bank_selection} bank"
-    text += ", validated" if validation != "none" else ""
+    text += {"none": "", "band": ", validated", "single": ", validated, single weighting"}[
+        validation
+    ]
     kind = {"": "", "local": ", segmenter", "context": ", segmenter with context"}[segmenter]
     return text + kind
 
@@ -85,7 +92,8 @@ def head_rows() -> list[AblationRow]:
             None,
             None,
             parts,
-            validation,
+            "none" if validation == "none" else "synthetic",
+            "single" if validation == "none" else validation,
             bank,
             bool(segmenter),
             segmenter == "context",

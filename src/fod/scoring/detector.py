@@ -2,11 +2,11 @@
 
 ``Detector`` chains the frozen backbone, the per-level FOD transformers, their token scores
 (the paper's, spec section 6, or a :class:`~fod.scoring.head.CalibratedHead` per level), the
-upsampled average and the blurred maximum (of a level-weighted average with calibrated heads,
-see :func:`fuse_levels`), plus an :class:`~fod.scoring.segmenter.AnomalySegmenter`'s map
-in the heat map when the model has one. It is a plain ``nn.Module``
-with a tensor-only forward, so the same object scores a test set, serves the Python API and
-is what gets exported.
+upsampled average and the blurred maximum (with calibrated heads, the mean of the blurred
+maxima under the heads' weightings of levels and parts, see :func:`fuse_levels`), plus an
+:class:`~fod.scoring.segmenter.AnomalySegmenter`'s map in the heat map when the model has
+one. It is a plain ``nn.Module`` with a tensor-only forward, so the same object scores a test
+set, serves the Python API and is what gets exported.
 
 >>> maps, scores = Detector(backbone, levels, image_size=256)(images)   # images in [0, 1]
 """
@@ -29,7 +29,7 @@ from fod.config import INFERENCE_BATCH_SIZE
 from fod.data import ImageDataset, Sample
 from fod.model import FODOutput, FODTransformer
 from fod.model.scores import score_branches
-from fod.scoring.anomaly_map import DEFAULT_SIGMA, anomaly_map, image_scores
+from fod.scoring.anomaly_map import DEFAULT_SIGMA, anomaly_map, gaussian_blur, image_scores
 from fod.scoring.head import CalibratedHead
 from fod.scoring.segmenter import AnomalySegmenter
 
@@ -73,7 +73,7 @@ def fuse_levels(
 ) -> tuple[Tensor, Tensor]:
     """:func:`level_scores` -> (maps (B, S, S), image scores (B,)). The map is the levels' mean
     (of the parts' sum, with heads); the image score is the blurred maximum of the map, or with
-    heads of the mean of the parts weighted by each head's ``image_weight``."""
+    heads :func:`weighted_image_scores` under the heads' ``image_weight``."""
     if heads is None:
         maps = anomaly_map(scores, size)
         return maps, image_scores(maps, sigma)
@@ -98,6 +98,38 @@ def score_levels(
     return maps, scores
 
 
+def weighting_maxima(
+    scores: Sequence[Tensor],
+    image_weights: Sequence[Tensor],
+    size: int,
+    sigma: float = DEFAULT_SIGMA,
+) -> Tensor:
+    """(B, K) blurred maxima of standardised part scores (one (B, P, H_l, W_l) per level)
+    under K weightings (one (K, P), or (P,) for K = 1, per level): for each k, the maximum
+    of the blurred level mean of each level's parts weighted by row k.
+
+    Upsampling and blurring are linear, so each level's parts are upsampled and blurred once
+    and every weighting is a weighted sum of those maps before its maximum."""
+    if len(scores) != len(image_weights):
+        raise ValueError(f"{len(image_weights)} image weights for {len(scores)} levels")
+    maps = torch.cat(  # (B, L * P, S, S): every level's parts, upsampled and blurred
+        [
+            gaussian_blur(anomaly_map([z.flatten(0, 1)], size), sigma).view(
+                -1, z.shape[1], size, size
+            )
+            for z in scores
+        ],
+        dim=1,
+    )
+    weights = torch.cat(  # a (P,) weight is one weighting
+        [w.reshape(-1, z.shape[1]) for w, z in zip(image_weights, scores, strict=True)], dim=1
+    )
+    weights = (weights / len(scores)).to(maps.dtype)  # (K, L * P), the mean over levels
+    return torch.stack(
+        [(maps * k.view(1, -1, 1, 1)).sum(1).flatten(1).amax(1) for k in weights], dim=1
+    )
+
+
 def weighted_image_scores(
     scores: Sequence[Tensor],
     image_weights: Sequence[Tensor],
@@ -105,11 +137,8 @@ def weighted_image_scores(
     sigma: float = DEFAULT_SIGMA,
 ) -> Tensor:
     """(B,) image scores of standardised part scores (one (B, P, H_l, W_l) per level): the
-    blurred maximum of the level mean of each level's parts weighted by its (P,) weights."""
-    weighted = [
-        (z * w.view(1, -1, 1, 1)).sum(dim=1) for z, w in zip(scores, image_weights, strict=True)
-    ]
-    return image_scores(anomaly_map(weighted, size), sigma)
+    mean over the K weightings (one (K, P) per level) of :func:`weighting_maxima`."""
+    return weighting_maxima(scores, image_weights, size, sigma).mean(dim=1)
 
 
 class Detector(nn.Module):
@@ -285,4 +314,5 @@ __all__ = [
     "score_levels",
     "score_samples",
     "weighted_image_scores",
+    "weighting_maxima",
 ]

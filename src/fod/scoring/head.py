@@ -14,10 +14,11 @@ a nearest-patch distance of a training image to a bank that holds it is zero):
 - ``paper``: the paper's token score for the model's variant.
 
 Standardising each part makes them addable and the levels comparable (the heat map averages
-levels). The image score may weigh levels and parts differently: ``image_weight`` holds, per
-part, the level's weight times the number of levels, or 0 for a part left out (1 everywhere:
-the plain sum and average), chosen on synthetic anomalies by
-:mod:`fod.training.validation`. All statistics are buffers, so a head saves with
+levels). The image score may weigh levels and parts differently: each row k of
+``image_weight`` (K, P) is one weighting, per part the level's weight times the number of
+levels, or 0 for a part left out (one row of ones: the plain sum and average); the image score
+is the mean over rows of each weighting's blurred maximum. The rows are chosen on synthetic
+anomalies by :mod:`fod.training.validation`. All statistics are buffers, so a head saves with
 ``state_dict`` and exports with the rest of the :class:`~fod.scoring.Detector`.
 """
 
@@ -71,6 +72,7 @@ class CalibratedHead(nn.Module):
         bank_size: int = 0,
         height: int = 1,
         width: int = 1,
+        weightings: int = 1,
     ) -> None:
         super().__init__()
         self.parts = check_parts(parts)
@@ -90,7 +92,9 @@ class CalibratedHead(nn.Module):
         self.shrinkage: dict[str, float] = {}
         self.register_buffer("center", torch.zeros(len(self.parts)))
         self.register_buffer("scale", torch.ones(len(self.parts)))
-        self.register_buffer("image_weight", torch.ones(len(self.parts)))
+        if weightings < 1:
+            raise ValueError(f"the image score needs at least one weighting, got {weightings}")
+        self.register_buffer("image_weight", torch.ones(int(weightings), len(self.parts)))
 
     @property
     def needs_model(self) -> bool:
@@ -140,9 +144,13 @@ class CalibratedHead(nn.Module):
         source = state.get("residual_mean", state.get("feature_mean"))
         channels = int(source.shape[1]) if source is not None else int(state["bank"].shape[1])
         bank = int(state["bank"].shape[0]) if "bank" in state else 0
-        head = cls(parts, variant, height * width, channels, bank, height, width)
-        if "image_weight" not in state:  # files from before the image weights: plain average
-            state = {**state, "image_weight": torch.ones(len(parts))}
+        weight = state.get("image_weight")
+        if weight is None:  # files from before the image weights: plain average
+            weight = torch.ones(1, len(parts))
+        elif weight.dim() == 1:  # files from before several weightings: the one they had
+            weight = weight.unsqueeze(0)
+        state = {**state, "image_weight": weight}
+        head = cls(parts, variant, height * width, channels, bank, height, width, len(weight))
         head.load_state_dict(state, strict=True)
         return head.eval()
 

@@ -280,6 +280,14 @@ def _build_heads(path: Path, config: FODConfig, entries: Any) -> list[Calibrated
                 f"{path}: level {i}'s calibrated head does not match the stored config ({exc}). "
                 "The file is corrupt or was edited; retrain with `fod train`."
             ) from exc
+    counts = [int(h.image_weight.shape[0]) for h in heads]
+    if len(set(counts)) > 1 or (config.image_rule == "single" and counts[0] != 1):
+        need = "one" if config.image_rule == "single" else "as many"
+        raise CheckpointError(
+            f"{path}: the heads hold {counts} image-score weightings per level, but the image "
+            f"rule {config.image_rule!r} needs {need} on every level. The file is corrupt or "
+            "was edited; retrain with `fod train`."
+        )
     return heads
 
 

@@ -6,9 +6,12 @@ scored, and the result
 
 - weighs the levels and picks the head's parts in the image score: every level weighting on
   a grid (multiples of :data:`WEIGHT_STEP` summing to 1) with every non-empty subset of the
-  parts is tried; of those whose image AUROC of good against anomalous images is within one
-  standard error of the best, the weighting nearest the plain average (then the one with
-  more parts) is kept, and
+  parts is tried, and the weightings whose image AUROC of good against anomalous images is
+  within one standard error of the best make the band. The ``band`` rule (the default) scores
+  an image by the mean over the band of each weighting's blurred maximum divided by its
+  standard deviation on the held-out good images: no single weighting is trusted where the
+  validation cannot tell them apart. The ``single`` rule keeps the band's weighting nearest
+  the plain average (then the one with more parts); and
 - sets the decision threshold: the score that best separates the two groups (largest true
   positive rate minus false positive rate; ties go to the highest score, fewer false alarms).
 
@@ -32,14 +35,14 @@ import torch
 from torch import Tensor
 
 from fod.batches import map_batches
-from fod.config import INFERENCE_BATCH_SIZE, FODConfig
+from fod.config import IMAGE_RULES, INFERENCE_BATCH_SIZE, FODConfig
 from fod.data import Sample, load_batch
 from fod.data.anomalies import synthetic_anomalies
 from fod.metrics import pixel_auroc
 from fod.metrics.classification import auroc_from_groups
 from fod.model import FODTransformer
-from fod.scoring.anomaly_map import DEFAULT_SIGMA, anomaly_map, gaussian_blur
-from fod.scoring.detector import level_scores, weighted_image_scores
+from fod.scoring.anomaly_map import DEFAULT_SIGMA, anomaly_map
+from fod.scoring.detector import level_scores, weighted_image_scores, weighting_maxima
 from fod.scoring.head import CalibratedHead
 from fod.training.features import image_features
 
@@ -73,6 +76,60 @@ def image_weights(levels: Sequence[float], parts: Sequence[bool]) -> list[Tensor
     return [keep * (len(levels) * w) for w in levels]
 
 
+def weightings(parts: Sequence[str], n_levels: int) -> list[dict[str, Any]]:
+    """Every level weighting on the grid with every non-empty subset of ``parts``, most parts
+    first: rows of ``levels``, ``parts`` and ``weights`` (one (P,) tensor per level)."""
+    rows = []
+    for r in range(len(parts), 0, -1):
+        for kept in itertools.combinations(range(len(parts)), r):
+            for levels in weight_grid(n_levels):
+                mask = [i in kept for i in range(len(parts))]
+                names = [parts[i] for i in kept]
+                rows.append(
+                    {"levels": list(levels), "parts": names, "weights": image_weights(levels, mask)}
+                )
+    return rows
+
+
+def rate_weightings(
+    good: Sequence[Tensor],
+    anomalous: Sequence[Tensor],
+    parts: Sequence[str],
+    size: int,
+    sigma: float = DEFAULT_SIGMA,
+) -> tuple[list[dict[str, Any]], list[int], Tensor]:
+    """Every weighting of :func:`weightings` rated on ``good`` and ``anomalous`` standardised
+    part scores (one (N, P, H_l, W_l) tensor per level each): the table (rows of ``levels``,
+    ``parts``, ``auroc``), the indices of the rows within one standard error
+    (:func:`auroc_standard_error`) of the best, and the good images' (K, N) image scores under
+    each weighting."""
+    rows = weightings(parts, len(good))
+    per_level = [torch.stack([row["weights"][i] for row in rows]) for i in range(len(good))]
+    g_all = grid_image_scores(good, per_level, size, sigma)
+    a_all = grid_image_scores(anomalous, per_level, size, sigma)
+    table = [{"levels": row["levels"], "parts": row["parts"]} for row in rows]
+    for row, g, a in zip(table, g_all, a_all, strict=True):
+        row["auroc"] = auroc_from_groups(a.double().numpy(), g.double().numpy())
+    top = max(row["auroc"] for row in table)
+    n_anomalous, n_good = int(anomalous[0].shape[0]), int(good[0].shape[0])
+    floor = top - auroc_standard_error(top, n_anomalous, n_good)
+    near = [i for i, row in enumerate(table) if row["auroc"] >= floor - 1e-12]
+    return table, near, g_all
+
+
+def nearest_plain(table: Sequence[dict[str, Any]], near: Sequence[int]) -> int:
+    """Of the rows ``near``, the one whose level weights are nearest the plain average, then
+    the one with more parts, then the one with the higher AUROC."""
+    n_levels = len(table[0]["levels"])
+    uniform = np.full(n_levels, 1.0 / n_levels)
+
+    def key(i: int) -> tuple[float, int, float]:
+        distance = float(np.abs(np.asarray(table[i]["levels"]) - uniform).sum())
+        return (-round(distance, 9), len(table[i]["parts"]), table[i]["auroc"])
+
+    return max(near, key=key)
+
+
 def choose_image_weighting(
     good: Sequence[Tensor],
     anomalous: Sequence[Tensor],
@@ -80,67 +137,70 @@ def choose_image_weighting(
     size: int,
     sigma: float = DEFAULT_SIGMA,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The level weights and parts chosen to separate ``good`` from ``anomalous`` standardised
-    part scores (one (N, P, H_l, W_l) tensor per level each), and the AUROC of every
-    combination (rows of ``levels``, ``parts``, ``auroc``).
+    """The single rule: the level weights and parts chosen to separate ``good`` from
+    ``anomalous`` (as :func:`rate_weightings` takes them), and the AUROC of every combination.
 
-    One-standard-error rule: of the combinations whose AUROC is within one standard error
-    (:func:`auroc_standard_error`) of the best, the one nearest the plain average of the
-    levels is kept, then the one with more parts. With few held-out images the AUROCs differ
-    by noise, and the choice stays near the default instead of chasing it."""
-    n_levels, n_parts = len(good), len(parts)
-    uniform = np.full(n_levels, 1.0 / n_levels)
-    table, keys, weightings = [], [], []
-    for r in range(n_parts, 0, -1):
-        for kept in itertools.combinations(range(n_parts), r):
-            for levels in weight_grid(n_levels):
-                weightings.append(image_weights(levels, [i in kept for i in range(n_parts)]))
-                names = [parts[i] for i in kept]
-                table.append({"levels": list(levels), "parts": names})
-                distance = float(np.abs(np.asarray(levels) - uniform).sum())
-                keys.append((-round(distance, 9), r))
-    g_all = grid_image_scores(good, weightings, size, sigma)
-    a_all = grid_image_scores(anomalous, weightings, size, sigma)
-    for row, g, a in zip(table, g_all, a_all, strict=True):
-        row["auroc"] = auroc_from_groups(a.double().numpy(), g.double().numpy())
-    top = max(row["auroc"] for row in table)
-    n_anomalous, n_good = int(anomalous[0].shape[0]), int(good[0].shape[0])
-    floor = top - auroc_standard_error(top, n_anomalous, n_good)
-    near = [i for i, row in enumerate(table) if row["auroc"] >= floor - 1e-12]
-    best = table[max(near, key=lambda i: (keys[i], table[i]["auroc"]))]
-    return best, table
+    One-standard-error rule: of the combinations whose AUROC is within one standard error of
+    the best, the one nearest the plain average of the levels is kept, then the one with more
+    parts. With few held-out images the AUROCs differ by noise, and the choice stays near the
+    default instead of chasing it."""
+    table, near, _ = rate_weightings(good, anomalous, parts, size, sigma)
+    return table[nearest_plain(table, near)], table
+
+
+def band_scales(good_scores: Tensor) -> Tensor:
+    """(K,) spread of each weighting's (K, N) held-out good image scores: the standard
+    deviation, 1 where fewer than two images give none, floored at 1e-6."""
+    if good_scores.shape[1] < 2:
+        return torch.ones(good_scores.shape[0], dtype=good_scores.dtype)
+    return good_scores.std(dim=1).clamp_min(1e-6)
+
+
+def rule_weights(
+    rule: str,
+    table: list[dict[str, Any]],
+    near: Sequence[int],
+    good_scores: Tensor,
+    parts: Sequence[str],
+) -> tuple[list[int], list[Tensor]]:
+    """The rows of ``table`` that ``rule`` keeps of the band ``near`` (as
+    :func:`rate_weightings` gives them, with the good images' (K, N) ``good_scores``) and each
+    level's (K', P) ``image_weight``: ``band`` keeps every row, each divided by its
+    :func:`band_scales`; ``single`` keeps :func:`nearest_plain`'s row as it is. Each kept row
+    of ``table`` gains its ``scale``."""
+    if rule == "band":
+        members = list(near)
+        scales = band_scales(good_scores[members]).tolist()
+    elif rule == "single":
+        members, scales = [nearest_plain(table, near)], [1.0]
+    else:
+        raise ValueError(f"rule must be one of {', '.join(IMAGE_RULES)}, got {rule!r}")
+    kept = []
+    for i, scale in zip(members, scales, strict=True):
+        mask = [p in table[i]["parts"] for p in parts]
+        kept.append([w / scale for w in image_weights(table[i]["levels"], mask)])
+        table[i] = {**table[i], "scale": scale}
+    levels = len(table[0]["levels"])
+    return members, [torch.stack([k[level] for k in kept]) for level in range(levels)]
 
 
 @torch.no_grad()
 def grid_image_scores(
     scores: Sequence[Tensor],
-    weightings: Sequence[Sequence[Tensor]],
+    image_weights: Sequence[Tensor],
     size: int,
     sigma: float = DEFAULT_SIGMA,
     batch_size: int = INFERENCE_BATCH_SIZE,
 ) -> Tensor:
     """(K, N) image scores of standardised part scores (one (N, P, H_l, W_l) per level) under
-    each of K weightings (each a (P,) weight per level), as
-    :func:`~fod.scoring.detector.weighted_image_scores` gives them one by one.
-
-    Upsampling and blurring are linear, so each level's parts are upsampled and blurred once
-    and every weighting is a weighted sum of those maps before its maximum, instead of K
-    upsamplings and blurs per image."""
-    n_levels = len(scores)
-    weights = torch.stack([torch.cat(list(w)) for w in weightings]) / n_levels  # (K, L * P)
-    out = []
-    for first in range(0, int(scores[0].shape[0]), batch_size):
-        maps = torch.cat(  # (B, L * P, S, S): every level's parts, upsampled and blurred
-            [
-                gaussian_blur(
-                    anomaly_map([z[first : first + batch_size].flatten(0, 1)], size), sigma
-                ).view(-1, z.shape[1], size, size)
-                for z in scores
-            ],
-            dim=1,
-        )
-        w = weights.to(maps.dtype)
-        out.append(torch.stack([(maps * k.view(1, -1, 1, 1)).sum(1).flatten(1).amax(1) for k in w]))
+    each of K weightings (one (K, P) per level), batch by batch:
+    :func:`~fod.scoring.detector.weighting_maxima`, transposed."""
+    out = [
+        weighting_maxima(
+            [z[first : first + batch_size] for z in scores], image_weights, size, sigma
+        ).T
+        for first in range(0, int(scores[0].shape[0]), batch_size)
+    ]
     return torch.cat(out, dim=1)
 
 
@@ -188,12 +248,16 @@ def validate(
     seed: int = 0,
     device: str | torch.device = "cpu",
     sigma: float = DEFAULT_SIGMA,
+    rule: str = "band",
 ) -> dict[str, Any]:
     """Set each head's ``image_weight`` from synthetic anomalies on ``good_images`` (the
-    held-out images, (N, 3, S, S) in [0, 1], with their backbone ``good_features``) and
-    return the report: the anomalies made, the AUROC of every combination of level weights
-    and parts, the chosen one, the synthetic pixel AUROC of the heat map and the separating
-    threshold."""
+    held-out images, (N, 3, S, S) in [0, 1], with their backbone ``good_features``) by
+    ``rule`` (``band`` or ``single``) and return the report: the anomalies made, the AUROC of
+    every combination of level weights and parts, the weightings kept (``image_weightings``:
+    levels, parts, synthetic AUROC and the spread each is divided by), the synthetic pixel
+    AUROC of the heat map and the separating threshold."""
+    if rule not in IMAGE_RULES:
+        raise ValueError(f"rule must be one of {', '.join(IMAGE_RULES)}, got {rule!r}")
     device = torch.device(device)
     n = int(good_images.shape[0])
     count = max(MIN_ANOMALIES, PER_IMAGE * n)
@@ -201,8 +265,8 @@ def validate(
     good = _scores(levels, heads, good_features, device)
     anomalous = _scores(levels, heads, image_features(backbone, images, device), device)
     parts = heads[0].parts
-    best, table = choose_image_weighting(good, anomalous, parts, image_size, sigma)
-    weights = image_weights(best["levels"], [p in best["parts"] for p in parts])
+    table, near, g_all = rate_weightings(good, anomalous, parts, image_size, sigma)
+    members, weights = rule_weights(rule, table, near, g_all, parts)
     for head, w in zip(heads, weights, strict=True):
         head.image_weight = w.to(head.image_weight.device)
     g_scores = weighted_image_scores(good, weights, image_size, sigma).double().numpy()
@@ -219,8 +283,8 @@ def validate(
         "good_images": n,
         "anomalies": count,
         "kinds": dict(Counter(kinds)),
-        "image_levels": best["levels"],
-        "image_parts": best["parts"],
+        "image_rule": rule,
+        "image_weightings": [table[i] for i in members],
         "image_auroc": auroc_from_groups(a_scores, g_scores),
         "weightings": table,
         "pixel_auroc": pixel_auroc(truth[:, ::k, ::k].numpy(), maps[:, ::k, ::k].numpy()),
@@ -243,7 +307,15 @@ def validate_samples(
     start = time.perf_counter()
     images = load_batch([s.image for s in samples], config.image_size)
     report = validate(
-        levels, heads, backbone, images, features, config.image_size, config.seed, device
+        levels,
+        heads,
+        backbone,
+        images,
+        features,
+        config.image_size,
+        config.seed,
+        device,
+        rule=config.image_rule,
     )
     report["seconds"] = time.perf_counter() - start
     return report
@@ -254,11 +326,16 @@ __all__ = [
     "THRESHOLD_RULE",
     "WEIGHT_STEP",
     "auroc_standard_error",
+    "band_scales",
     "choose_image_weighting",
     "grid_image_scores",
     "image_weights",
+    "nearest_plain",
+    "rate_weightings",
+    "rule_weights",
     "separating_threshold",
     "validate",
     "validate_samples",
     "weight_grid",
+    "weightings",
 ]

@@ -120,12 +120,20 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
     )
     report = stats.get("validation")
     if report:
-        levels = " / ".join(f"{w:g}" for w in report["image_levels"])
+        kept = report["image_weightings"]
+        listed = "; ".join(
+            f"{' + '.join(w['parts'])} at {' / '.join(f'{x:g}' for x in w['levels'])}" for w in kept
+        )
+        how = (
+            f"the mean of {len(kept)} weightings of parts and levels"
+            if report["image_rule"] == "band"
+            else "one weighting of parts and levels"
+        )
         print(
             f"synthetic validation: {report['anomalies']} anomalies on the held-out images; "
-            f"image score from parts {' + '.join(report['image_parts'])}, level weights "
-            f"{levels} (synthetic image AUROC {report['image_auroc']:.3f}; the heads' heat map "
-            f"{report['pixel_auroc']:.3f} pixel AUROC), {report['seconds']:.1f} s"
+            f"image score {how} ({listed}; synthetic image AUROC {report['image_auroc']:.3f}; "
+            f"the heads' heat map {report['pixel_auroc']:.3f} pixel AUROC), "
+            f"{report['seconds']:.1f} s"
         )
     seg = stats.get("segmenter")
     if seg:
