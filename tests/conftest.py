@@ -11,9 +11,11 @@ skipped where it is missing, but fails in CI (``CI`` set), where it is always th
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -74,6 +76,16 @@ def bilinear_numpy(grid: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     top = grid[y0][:, x0] * (1 - wx) + grid[y0][:, x1] * wx
     bottom = grid[y1][:, x0] * (1 - wx) + grid[y1][:, x1] * wx
     return top * (1 - wy[:, None]) + bottom * wy[:, None]
+
+
+def benchmark_script(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` imported as a module (the scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(**changes: Any) -> FODConfig:

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
+from conftest import benchmark_script
 from PIL import Image
 
 from fod.data import find_categories
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "object_copy.py"
-
 
 def _module():
-    spec = importlib.util.spec_from_file_location("object_copy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("object_copy")
 
 
 def test_a_white_object_lands_whole_and_its_mask_follows_it() -> None:
