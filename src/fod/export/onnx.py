@@ -124,7 +124,8 @@ def metadata(
         "input": f"{INPUT_NAME}: float32 ({b}, 3, {size}, {size}) RGB in [0, 1]",
         "outputs": (
             f"maps: float32 ({b}, {size}, {size}) unblurred heat maps; scores: float32 ({b},) "
-            "image scores (max of the blurred map); anomalous when score > threshold"
+            "image scores (the blurred map's maximum; with the calibrated head, the mean of the "
+            "blurred maxima of the image score's weightings); anomalous when score > threshold"
         ),
     }
 
