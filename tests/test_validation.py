@@ -26,6 +26,7 @@ from fod.data.anomalies import (
 from fod.scoring.detector import weighted_image_scores, weighting_maxima
 from fod.scoring.head import CalibratedHead
 from fod.training.validation import (
+    BAND_MIN_HELDOUT,
     THRESHOLD_RULE,
     auroc_standard_error,
     band_scales,
@@ -33,6 +34,7 @@ from fod.training.validation import (
     grid_image_scores,
     image_weights,
     rate_weightings,
+    resolve_rule,
     rule_weights,
     separating_threshold,
     weight_grid,
@@ -207,8 +209,16 @@ def test_the_band_rule_averages_the_near_best_weightings_over_their_good_spread(
     mask = [p in best["parts"] for p in ("a", "b")]
     want = image_weights(best["levels"], mask)
     assert [w.tolist() for w in weights] == [[x.tolist()] for x in want]
-    with pytest.raises(ValueError, match="rule must be one of band, single"):
-        rule_weights("mean", table, near, g_all, ("a", "b"))
+    with pytest.raises(ValueError, match="rule must be band or single"):
+        rule_weights("auto", table, near, g_all, ("a", "b"))
+
+
+def test_the_auto_rule_averages_the_band_only_with_enough_held_out_images():
+    assert BAND_MIN_HELDOUT == 20
+    assert resolve_rule("auto", 19) == "single" and resolve_rule("auto", 20) == "band"
+    assert resolve_rule("band", 1) == "band" and resolve_rule("single", 500) == "single"
+    with pytest.raises(ValueError, match="rule must be one of auto, band, single"):
+        resolve_rule("mean", 30)
 
 
 def test_band_scales_are_the_good_spread_or_one_without_spread():
@@ -305,15 +315,16 @@ def _kept_rows(report: dict, parts: tuple[str, ...]) -> list[list[float]]:
     ]
 
 
-@pytest.mark.parametrize("rule", ["band", "single"])
-def test_fit_validates_on_synthetic_anomalies_and_saves_the_weights(generated, tmp_path, rule):
+@pytest.mark.parametrize("asked", ["band", "single", "auto"])
+def test_fit_validates_on_synthetic_anomalies_and_saves_the_weights(generated, tmp_path, asked):
     from fod.api import FOD
 
-    model = FOD(tiny_config(image_rule=rule), device="cpu", progress=False).fit(generated)
+    model = FOD(tiny_config(image_rule=asked), device="cpu", progress=False).fit(generated)
     report = model.stats["validation"]
     assert report["anomalies"] >= 64 and sum(report["kinds"].values()) == report["anomalies"]
     assert report["good_images"] == model.stats["num_holdout"]
-    assert report["image_rule"] == rule
+    rule = asked if asked != "auto" else ("band" if report["good_images"] >= 20 else "single")
+    assert (report["image_rule"], report["image_rule_asked"]) == (rule, asked)
     kept, table = report["image_weightings"], report["weightings"]
     top = max(r["auroc"] for r in table)
     floor = top - auroc_standard_error(top, report["anomalies"], report["good_images"])
@@ -350,7 +361,7 @@ def test_without_validation_the_levels_are_averaged_and_the_threshold_is_the_max
 
 
 def test_validation_settings_presets_and_legacy_heads():
-    assert FODConfig().validation == "synthetic" and FODConfig().image_rule == "band"
+    assert FODConfig().validation == "synthetic" and FODConfig().image_rule == "auto"
     assert FODConfig.paper().validation == "none" and FODConfig.paper().image_rule == "single"
     assert FODConfig(head="paper", holdout=0.0).validation == "none"
     assert FODConfig(validation="none", image_rule="band").image_rule == "single"
@@ -360,7 +371,7 @@ def test_validation_settings_presets_and_legacy_heads():
     )
     with pytest.raises(ValueError, match="validation must be one of synthetic, none"):
         FODConfig(validation="test")
-    with pytest.raises(ValueError, match="image_rule must be one of band, single"):
+    with pytest.raises(ValueError, match="image_rule must be one of auto, band, single"):
         FODConfig(image_rule="best")
     head = CalibratedHead(("feature",), FODConfig().variant, 4, 3, 0, 2, 2)
     state = {k: v for k, v in head.state_dict().items() if k != "image_weight"}
@@ -404,7 +415,14 @@ def test_cli_train_reports_the_validation_and_can_skip_it(generated, tmp_path, c
     assert main(["train", str(generated), "--out", str(out), *tiny_args()]) == 0
     printed = capsys.readouterr().out
     report = FOD.load(out, device="cpu").stats["validation"]
+    assert f", rule auto with {report['good_images']} held-out images (" in printed
+    args = ["train", str(generated), "--out", str(out), "--force", "--image-rule", "band"]
+    assert main([*args, *tiny_args()]) == 0
+    printed = capsys.readouterr().out
+    report = FOD.load(out, device="cpu").stats["validation"]
     assert f"synthetic validation: {report['anomalies']} anomalies" in printed
+    assert report["image_rule"] == report["image_rule_asked"] == "band"
+    assert "rule auto" not in printed
     kept = report["image_weightings"]
     assert f"image score the mean of {len(kept)} weightings of parts and levels" in printed
     first = kept[0]

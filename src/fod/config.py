@@ -74,8 +74,9 @@ VALIDATIONS: tuple[str, ...] = ("synthetic", "none")
 #: How the synthetic validation turns its weightings of levels and parts into the image score
 #: (fod.training.validation): ``band`` averages every weighting within one standard error of
 #: the best, each divided by its spread on held-out good images; ``single`` keeps the one of
-#: them nearest the plain average.
-IMAGE_RULES: tuple[str, ...] = ("band", "single")
+#: them nearest the plain average; ``auto`` is ``band`` with enough held-out images to rank
+#: the weightings and ``single`` below (fod.training.validation.BAND_MIN_HELDOUT).
+IMAGE_RULES: tuple[str, ...] = ("auto", "band", "single")
 #: Smallest image side: the stride-16 level needs at least 2 x 2 tokens.
 MIN_IMAGE_SIZE = 32
 #: Images per forward pass where no gradient flows (backbone features, scoring of features):
@@ -137,7 +138,7 @@ class FODConfig:
     bank_size: int = 32768
     bank_selection: str = "coverage"
     validation: str = "synthetic"
-    image_rule: str = "band"
+    image_rule: str = "auto"
     segmenter: bool = True
     segmenter_context: bool = False
 

@@ -122,6 +122,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         VALIDATIONS,
         FODConfig,
     )
+    from fod.training.validation import BAND_MIN_HELDOUT
 
     d = FODConfig()
     p = FODConfig.paper()
@@ -234,8 +235,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         choices=IMAGE_RULES,
         help="band: the image score averages every weighting of levels and parts that the "
         "synthetic validation cannot tell from the best (each over its spread on held-out "
-        "good images); single: the one of them nearest the plain average "
-        f"(default: {d.image_rule})",
+        "good images); single: the one of them nearest the plain average; auto: band from "
+        f"{BAND_MIN_HELDOUT} held-out images on, single below (default: {d.image_rule})",
     )
     g.add_argument(
         "--segmenter",

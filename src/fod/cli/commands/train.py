@@ -129,6 +129,8 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
             if report["image_rule"] == "band"
             else "one weighting of parts and levels"
         )
+        if report.get("image_rule_asked") == "auto":
+            how += f", rule auto with {report['good_images']} held-out images"
         print(
             f"synthetic validation: {report['anomalies']} anomalies on the held-out images; "
             f"image score {how} ({listed}; synthetic image AUROC {report['image_auroc']:.3f}; "
