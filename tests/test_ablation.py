@@ -79,7 +79,7 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
     rows = {r["key"]: r for r in report["rows"]}
     validated = json.loads((out / "rows" / f"{ROWS[-2]}.json").read_text())["config"]
     assert validated["validation"] == "synthetic" and validated["segmenter"] is False
-    assert validated["image_rule"] == "band"
+    assert validated["image_rule"] == "auto"
     single = json.loads((out / "rows" / f"{ROWS[-3]}.json").read_text())
     assert single["config"]["image_rule"] == "single" and single["config"]["segmenter"] is False
     assert single["record"]["score"] == "calibrated residual + nearest, validated, single weighting"

@@ -197,8 +197,9 @@ def run_ablation(
         "columns are its image AUROC (spec section 8). The paper's rows use its score and "
         "train on every good image; the calibrated rows share one full model trained on the "
         "fit split and differ in the parts of their head (validated: the image score's "
-        "weightings of levels and parts chosen on synthetic anomalies, the mean of those near "
-        "the best or, single, the one nearest the plain average; segmenter: the anomaly "
+        "weightings of levels and parts chosen on synthetic anomalies by the default rule, the "
+        "mean of those near the best from 20 held-out images on, or, single, the one nearest "
+        "the plain average; segmenter: the anomaly "
         "segmenter added to the heat map; with context: with its pooled context path).\n\n"
     )
 

@@ -41,11 +41,12 @@ _RN = ("residual", "nearest")
 _RFN = ("residual", "feature", "nearest")
 #: Calibrated-head rows: (key, parts, validation, bank selection, segmenter), from the paper's
 #: score recalibrated to the default (residual + nearest, coverage bank, the synthetic
-#: validation's band of weightings in the image score, the anomaly segmenter in the heat
-#: map); the random-bank rows show what the coverage bank adds, the single row what the band
-#: adds over the one weighting nearest the plain average, the last row what the segmenter's
+#: validation's weightings in the image score by the default rule, the anomaly segmenter in
+#: the heat map); the random-bank rows show what the coverage bank adds, the single row what
+#: the band of weightings adds over the one nearest the plain average (the default rule
+#: ``auto`` averages the band from 20 held-out images on), the last row what the segmenter's
 #: context path (an option) adds. Validation: "none", or the synthetic one with the image
-#: rule "band" (the default's) or "single". Segmenter: "" (none), "local" (the default's) or
+#: rule "auto" (the default's) or "single". Segmenter: "" (none), "local" (the default's) or
 #: "context".
 HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, str], ...] = (
     ("head_paper", ("paper",), "none", "coverage", ""),
@@ -56,11 +57,11 @@ HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, str], ...] = (
     ("head_feature_nearest", ("feature", "nearest"), "none", "coverage", ""),
     ("head_residual_nearest", _RN, "none", "coverage", ""),
     ("head_residual_feature_nearest", _RFN, "none", "coverage", ""),
-    ("head_residual_nearest_validated_random_bank", _RN, "band", "random", ""),
+    ("head_residual_nearest_validated_random_bank", _RN, "auto", "random", ""),
     ("head_residual_nearest_validated_single", _RN, "single", "coverage", ""),
-    ("head_residual_nearest_validated", _RN, "band", "coverage", ""),
-    ("head_residual_nearest_validated_segmenter", _RN, "band", "coverage", "local"),
-    ("head_residual_nearest_validated_segmenter_context", _RN, "band", "coverage", "context"),
+    ("head_residual_nearest_validated", _RN, "auto", "coverage", ""),
+    ("head_residual_nearest_validated_segmenter", _RN, "auto", "coverage", "local"),
+    ("head_residual_nearest_validated_segmenter_context", _RN, "auto", "coverage", "context"),
 )
 
 
@@ -70,7 +71,7 @@ def _head_score(
     text = "calibrated " + " + ".join(parts)
     if "nearest" in parts and bank_selection != "coverage":
         text += f", {bank_selection} bank"
-    text += {"none": "", "band": ", validated", "single": ", validated, single weighting"}[
+    text += {"none": "", "auto": ", validated", "single": ", validated, single weighting"}[
         validation
     ]
     kind = {"": "", "local": ", segmenter", "context": ", segmenter with context"}[segmenter]
