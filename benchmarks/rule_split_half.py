@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fod.api import FOD
+from fod.batches import map_batches
 from fod.data import load_batch, training_samples
 from fod.data.anomalies import synthetic_anomalies
 from fod.metrics.classification import auroc_from_groups
@@ -26,20 +27,20 @@ from fod.training.fit import holdout_split
 from fod.training.validation import (
     MIN_ANOMALIES,
     PER_IMAGE,
-    auroc_standard_error,
+    band_scales,
     grid_image_scores,
+    near_best,
     nearest_plain,
     weightings,
 )
 
 
 def part_scores(model: FOD, features: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each level's standardised part scores of ``features``, batch by batch."""
     assert model.levels is not None and model.heads is not None
-    out = []
+    levels, heads = model.levels, model.heads
     with torch.no_grad():
-        for i in range(0, int(features[0].shape[0]), 16):
-            out.append(level_scores(model.levels, [f[i : i + 16] for f in features], model.heads))
-    return [torch.cat([o[level] for o in out]) for level in range(len(features))]
+        return map_batches(lambda batch: level_scores(levels, batch, heads), features)
 
 
 def split_half(
@@ -60,10 +61,10 @@ def split_half(
             {**r, "auroc": auroc_from_groups(a[k][a_first], g[k][first])}
             for k, r in enumerate(rows)
         ]
-        top = max(range(len(table)), key=lambda k: table[k]["auroc"])
-        se = auroc_standard_error(table[top]["auroc"], int(a_first.sum()), int(first.sum()))
-        near = [k for k, r in enumerate(table) if r["auroc"] >= table[top]["auroc"] - se - 1e-12]
-        spread = g[near][:, first].std(axis=1, ddof=1).clip(1e-6)[:, None]
+        aurocs = [r["auroc"] for r in table]
+        top = int(np.argmax(aurocs))
+        near = near_best(aurocs, int(a_first.sum()), int(first.sum()))
+        spread = band_scales(torch.from_numpy(g[near][:, first])).numpy()[:, None]
         band_g, band_a = (g[near] / spread).mean(0), (a[near] / spread).mean(0)
         single = nearest_plain(table, near)
         for name, (sa, sg) in {

@@ -7,6 +7,7 @@ import pytest
 from conftest import benchmark_script
 
 from fod.metrics.classification import auroc_from_groups
+from fod.training.validation import auroc_standard_error
 
 
 def _module():
@@ -46,7 +47,7 @@ def test_the_band_averages_the_rows_over_their_spread_on_the_first_half() -> Non
     a_first = first[owner]
     aurocs = [auroc_from_groups(a[k][a_first], g[k][first]) for k in range(3)]
     top = int(np.argmax(aurocs))
-    se = module.auroc_standard_error(aurocs[top], int(a_first.sum()), int(first.sum()))
+    se = auroc_standard_error(aurocs[top], int(a_first.sum()), int(first.sum()))
     near = [k for k in range(3) if aurocs[k] >= aurocs[top] - se - 1e-12]
     assert len(near) > 1  # a real average
     spread = np.array([np.std(g[k][first], ddof=1) for k in near])

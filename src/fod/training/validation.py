@@ -126,11 +126,18 @@ def rate_weightings(
     table = [{"levels": row["levels"], "parts": row["parts"]} for row in rows]
     for row, g, a in zip(table, g_all, a_all, strict=True):
         row["auroc"] = auroc_from_groups(a.double().numpy(), g.double().numpy())
-    top = max(row["auroc"] for row in table)
-    n_anomalous, n_good = int(anomalous[0].shape[0]), int(good[0].shape[0])
-    floor = top - auroc_standard_error(top, n_anomalous, n_good)
-    near = [i for i, row in enumerate(table) if row["auroc"] >= floor - 1e-12]
+    near = near_best(
+        [row["auroc"] for row in table], int(anomalous[0].shape[0]), int(good[0].shape[0])
+    )
     return table, near, g_all
+
+
+def near_best(aurocs: Sequence[float], anomalous: int, good: int) -> list[int]:
+    """Indices of the ``aurocs`` (of ``anomalous`` against ``good`` images) within one
+    standard error (:func:`auroc_standard_error`) of the best: the band."""
+    top = max(aurocs)
+    floor = top - auroc_standard_error(top, anomalous, good)
+    return [i for i, a in enumerate(aurocs) if a >= floor - 1e-12]
 
 
 def nearest_plain(table: Sequence[dict[str, Any]], near: Sequence[int]) -> int:
@@ -211,13 +218,10 @@ def grid_image_scores(
     """(K, N) image scores of standardised part scores (one (N, P, H_l, W_l) per level) under
     each of K weightings (one (K, P) per level), batch by batch:
     :func:`~fod.scoring.detector.weighting_maxima`, transposed."""
-    out = [
-        weighting_maxima(
-            [z[first : first + batch_size] for z in scores], image_weights, size, sigma
-        ).T
-        for first in range(0, int(scores[0].shape[0]), batch_size)
-    ]
-    return torch.cat(out, dim=1)
+    maxima = map_batches(
+        lambda batch: weighting_maxima(batch, image_weights, size, sigma), scores, batch_size
+    )
+    return maxima[0].T
 
 
 def auroc_standard_error(auroc: float, positives: int, negatives: int) -> float:
@@ -348,6 +352,7 @@ __all__ = [
     "choose_image_weighting",
     "grid_image_scores",
     "image_weights",
+    "near_best",
     "nearest_plain",
     "rate_weightings",
     "resolve_rule",
