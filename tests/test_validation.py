@@ -453,3 +453,63 @@ def test_the_smallest_fit_validates_on_its_one_held_out_image(generated, tmp_pat
     assert (report["good_images"], report["anomalies"]) == (1, 64)
     # one good score: the only candidate threshold is that score, the held-out maximum
     assert model.threshold == pytest.approx(model.stats["train_score_max"])
+
+
+def test_held_out_scores_computed_once_serve_validation_and_calibration_alike(generated):
+    """fit scores the held-out images once and hands the scores to the validation and the
+    calibration: each must give exactly what it gives when it scores them itself."""
+    from fod.api import FOD
+    from fod.data import load_batch, training_samples
+    from fod.scoring import calibrate
+    from fod.training.validation import token_scores, validate
+
+    model = FOD(tiny_config(), device="cpu", progress=False).fit(generated)
+    _, samples = training_samples(generated)
+    held = [f[:5] for f in model.features(samples[:5])]
+    size = model.config.image_size
+    scores = token_scores(model.levels, model.heads, held)
+    assert [tuple(s.shape[:2]) for s in scores] == [(5, 2), (5, 2)]
+
+    def stats(given):
+        return calibrate(
+            model.levels,
+            held,
+            size,
+            heads=model.heads,
+            segmenter=model.segmenter,
+            token_scores=given,
+        )
+
+    assert model.segmenter is not None
+    assert stats(scores) == stats(None)
+    images = load_batch([s.image for s in samples[:5]], size)
+
+    def report(given):
+        out = validate(
+            model.levels, model.heads, model._backbone(), images, held, size, good_scores=given
+        )
+        return out, [h.image_weight.clone() for h in model.heads]
+
+    (mine, w_mine), (theirs, w_theirs) = report(scores), report(None)
+    assert mine == theirs and mine["good_images"] == 5
+    for a, b in zip(w_mine, w_theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_fit_scores_each_held_out_image_once(generated, monkeypatch):
+    """The validation and the calibration share one scoring of the held-out images: every
+    head standardises the held-out images and the synthetic anomalies once, nothing more."""
+    from fod.api import FOD
+
+    rows: list[int] = []
+    standardised = CalibratedHead.standardised
+
+    def counted(self, output):
+        rows.append(int(output.tokens.shape[0]))
+        return standardised(self, output)
+
+    monkeypatch.setattr(CalibratedHead, "standardised", counted)
+    model = FOD(tiny_config(), device="cpu", progress=False).fit(generated)
+    report = model.stats["validation"]
+    levels = len(model.heads)
+    assert sum(rows) == levels * (report["good_images"] + report["anomalies"])

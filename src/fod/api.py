@@ -239,12 +239,15 @@ class FOD:
             self.segmenter, segmenter_report = fit_model_segmenter(
                 self._backbone(), samples, features, result, self.config, self.device, self.progress
             )
-        report = None
+        report, held_scores = None, None
         if result.heads is not None and self.config.validation == "synthetic":
+            from fod.training.validation import token_scores
+
             assert result.holdout_indices is not None
             held_samples = [samples[int(i)] for i in result.holdout_indices]
-            report = self._validate(held_samples, result.holdout)
-        self._calibrate(result.holdout if result.heads is not None else features)
+            held_scores = token_scores(result.models, result.heads, result.holdout, self.device)
+            report = self._validate(held_samples, result.holdout, held_scores)
+        self._calibrate(result.holdout if result.heads is not None else features, held_scores)
         if segmenter_report is not None:
             self.stats["segmenter"] = segmenter_report
         if report is not None:
@@ -261,19 +264,30 @@ class FOD:
         self.stats["train_seconds"] = float(sum(h.get("seconds", 0.0) for h in self.history))
         return self
 
-    def _validate(self, samples: Sequence[Sample], features: list[Tensor]) -> dict[str, Any]:
-        """Synthetic anomalies on the held-out images: weightings of the image score and
-        the threshold (:mod:`fod.training.validation`)."""
+    def _validate(
+        self, samples: Sequence[Sample], features: list[Tensor], scores: list[Tensor]
+    ) -> dict[str, Any]:
+        """Synthetic anomalies on the held-out images (their features and token ``scores``
+        at hand): weightings of the image score and the threshold
+        (:mod:`fod.training.validation`)."""
         from fod.training.validation import validate_samples
 
         assert self.levels is not None and self.heads is not None
         return validate_samples(
-            self.levels, self.heads, self._backbone(), samples, features, self.config, self.device
+            self.levels,
+            self.heads,
+            self._backbone(),
+            samples,
+            features,
+            self.config,
+            self.device,
+            good_scores=scores,
         )
 
-    def _calibrate(self, features: list[Tensor]) -> None:
+    def _calibrate(self, features: list[Tensor], scores: list[Tensor] | None = None) -> None:
         """Threshold and heat-map range from good images' scores: the held-out ones with the
-        calibrated head, the training images with the paper's."""
+        calibrated head, the training images with the paper's (``scores``: their token
+        scores where the validation computed them)."""
         from fod.scoring import calibrate
 
         self._require_fitted()
@@ -285,6 +299,7 @@ class FOD:
             self.device,
             heads=self.heads,
             segmenter=self.segmenter,
+            token_scores=scores,
         )
         if not self._user_threshold:
             self.threshold = self.stats["train_score_max"]

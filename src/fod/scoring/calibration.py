@@ -44,19 +44,26 @@ def calibrate(
     device: str | torch.device = "cpu",
     heads: Sequence[CalibratedHead] | None = None,
     segmenter: AnomalySegmenter | None = None,
+    token_scores: Sequence[Tensor] | None = None,
 ) -> dict[str, Any]:
     """Statistics of the training images' scores: counts, image-score summary (its maximum,
     ``train_score_max``, is the threshold) and the pixel percentiles ``pixel_p1`` /
-    ``pixel_p99``. Non-finite scores raise :class:`~fod.errors.TrainingError`."""
+    ``pixel_p99``. ``token_scores``: the images' level scores where the validation has
+    computed them already. Non-finite scores raise :class:`~fod.errors.TrainingError`."""
     ctx = distributed.context()
     share = distributed.shard_range(int(features[0].shape[0]), ctx.rank, ctx.world_size)
+
+    def mine(tensors: Sequence[Tensor]) -> list[Tensor]:
+        return [t[share.start : share.stop] for t in tensors]
+
     maps, scores = score_features(
         levels,
-        [f[share.start : share.stop] for f in features],
+        mine(features),
         image_size,
         device=device,
         heads=heads,
         segmenter=segmenter,
+        token_scores=None if token_scores is None else mine(token_scores),
     )
     maps, scores = distributed.all_gather_rows(maps), distributed.all_gather_rows(scores)
     s = scores.double().numpy()

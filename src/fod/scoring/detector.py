@@ -88,11 +88,15 @@ def score_levels(
     sigma: float = DEFAULT_SIGMA,
     heads: Sequence[CalibratedHead] | None = None,
     segmenter: AnomalySegmenter | None = None,
+    token_scores: Sequence[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Backbone features -> (maps (B, S, S), image scores (B,)): :func:`fuse_levels` of the
     levels' token scores, plus the segmenter's upsampled map when there is one (the heat map
-    only: the image score stays the heads')."""
-    maps, scores = fuse_levels(level_scores(levels, features, heads), size, sigma, heads)
+    only: the image score stays the heads'). ``token_scores``: the :func:`level_scores` of
+    ``features`` when they are at hand, so the transformers and heads need not run again."""
+    if token_scores is None:
+        token_scores = level_scores(levels, features, heads)
+    maps, scores = fuse_levels(token_scores, size, sigma, heads)
     if segmenter is not None:
         maps = maps + anomaly_map([segmenter(features)], size)
     return maps, scores
@@ -220,17 +224,22 @@ def score_features(
     sigma: float = DEFAULT_SIGMA,
     heads: Sequence[CalibratedHead] | None = None,
     segmenter: AnomalySegmenter | None = None,
+    token_scores: Sequence[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Maps (N, S, S) and scores (N,) of precomputed features, batch by batch, on the CPU.
 
-    Used to calibrate on good images without running the backbone again.
+    Used to calibrate on good images without running the backbone again; ``token_scores``
+    (their :func:`level_scores`, as the validation computed them) spares the transformers
+    and heads too.
     """
-    maps, scores = map_batches(
-        lambda batch: score_levels(levels, batch, image_size, sigma, heads, segmenter),
-        features,
-        batch_size,
-        device,
-    )
+    n = len(features)
+    given = list(token_scores) if token_scores is not None else []
+
+    def run(batch: list[Tensor]) -> tuple[Tensor, Tensor]:
+        tokens = batch[n:] if given else None
+        return score_levels(levels, batch[:n], image_size, sigma, heads, segmenter, tokens)
+
+    maps, scores = map_batches(run, [*features, *given], batch_size, device)
     return maps, scores
 
 

@@ -249,12 +249,15 @@ def separating_threshold(good: np.ndarray, anomalous: np.ndarray) -> float:
     return float(candidates[best[-1]])
 
 
-def _scores(
+def token_scores(
     levels: Sequence[FODTransformer],
     heads: Sequence[CalibratedHead],
     features: Sequence[Tensor],
-    device: torch.device,
+    device: str | torch.device = "cpu",
 ) -> list[Tensor]:
+    """Each level's standardised part scores (:func:`~fod.scoring.detector.level_scores`) of
+    ``features``, batch by batch: computed once for the held-out images, they serve the
+    validation and then the calibration."""
     return map_batches(lambda batch: level_scores(levels, batch, heads), features, device=device)
 
 
@@ -269,6 +272,7 @@ def validate(
     device: str | torch.device = "cpu",
     sigma: float = DEFAULT_SIGMA,
     rule: str = "auto",
+    good_scores: Sequence[Tensor] | None = None,
 ) -> dict[str, Any]:
     """Set each head's ``image_weight`` from synthetic anomalies on ``good_images`` (the
     held-out images, (N, 3, S, S) in [0, 1], with their backbone ``good_features``) by
@@ -276,14 +280,19 @@ def validate(
     rule applied (``image_rule``) and given (``image_rule_asked``), the AUROC of every
     combination of level weights and parts, the weightings kept (``image_weightings``:
     levels, parts, synthetic AUROC and the spread each is divided by), the synthetic pixel
-    AUROC of the heat map and the separating threshold."""
+    AUROC of the heat map and the separating threshold. ``good_scores``: the
+    :func:`token_scores` of ``good_features`` where the caller has them."""
     n = int(good_images.shape[0])
     asked, rule = rule, resolve_rule(rule, n)
     device = torch.device(device)
     count = max(MIN_ANOMALIES, PER_IMAGE * n)
     images, masks, kinds = synthetic_anomalies(good_images, count, seed)
-    good = _scores(levels, heads, good_features, device)
-    anomalous = _scores(levels, heads, image_features(backbone, images, device), device)
+    good = (
+        list(good_scores)
+        if good_scores is not None
+        else token_scores(levels, heads, good_features, device)
+    )
+    anomalous = token_scores(levels, heads, image_features(backbone, images, device), device)
     parts = heads[0].parts
     table, near, g_all = rate_weightings(good, anomalous, parts, image_size, sigma)
     members, weights = rule_weights(rule, table, near, g_all, parts)
@@ -322,9 +331,11 @@ def validate_samples(
     features: Sequence[Tensor],
     config: FODConfig,
     device: str | torch.device = "cpu",
+    good_scores: Sequence[Tensor] | None = None,
 ) -> dict[str, Any]:
     """:func:`validate` on held-out ``samples`` (read from disk at ``config.image_size``)
-    whose backbone ``features`` are at hand; the report also gives its ``seconds``."""
+    whose backbone ``features`` (and, if given, their :func:`token_scores`) are at hand; the
+    report also gives its ``seconds``."""
     start = time.perf_counter()
     images = load_batch([s.image for s in samples], config.image_size)
     report = validate(
@@ -337,6 +348,7 @@ def validate_samples(
         config.seed,
         device,
         rule=config.image_rule,
+        good_scores=good_scores,
     )
     report["seconds"] = time.perf_counter() - start
     return report
@@ -358,6 +370,7 @@ __all__ = [
     "resolve_rule",
     "rule_weights",
     "separating_threshold",
+    "token_scores",
     "validate",
     "validate_samples",
     "weight_grid",
