@@ -147,6 +147,18 @@ def test_the_segmenter_context_path_exports(generated: Path, tmp_path: Path) -> 
         assert result.ok and result.batch_size == len(batch), result.summary()
 
 
+def test_the_pooled_nearest_part_exports(generated: Path, tmp_path: Path) -> None:
+    """The nearest part's local average (average pooling without the padding) exports and
+    scores like the checkpoint at the traced and other batch sizes."""
+    model = FOD(tiny_config(epochs=1, nearest_pool=3), device="cpu", progress=False).fit(generated)
+    assert model.heads is not None and [h.pool for h in model.heads] == [3, 3]
+    path = export_onnx(model, tmp_path / "pooled.onnx", batch_size=2, dynamic_batch=True)
+    images = load_batch(sorted((generated / "test").rglob("*.png"))[:3], S)
+    for batch in (images, images[:1]):
+        result = check_onnx(path, model, batch)
+        assert result.ok and result.batch_size == len(batch), result.summary()
+
+
 def test_several_image_weightings_export(model_file: Path, tmp_path: Path, generated: Path) -> None:
     """The band rule's K weightings (a loop over rows, traced) give the checkpoint's scores."""
     model = FOD.load(model_file, device="cpu", progress=False)

@@ -17,6 +17,7 @@ from fod.scoring.normality import (
     choose_shrinkage,
     fit_gaussian,
     gaussian_log_likelihood,
+    local_average,
     mahalanobis,
     memory_bank,
     nearest_distance,
@@ -127,6 +128,57 @@ def test_nearest_distance_in_bank_blocks_matches_brute_force(monkeypatch, bank_b
     # the default chunk keeps each block of distances within NEAREST_BLOCK numbers
     monkeypatch.setattr(normality, "NEAREST_BLOCK", 2 * min(bank_block, 37))
     assert torch.allclose(nearest_distance(queries, bank), want, rtol=1e-4, atol=1e-4)
+
+
+def _neighbourhood_means(tokens: np.ndarray, height: int, width: int, size: int) -> np.ndarray:
+    """The local average by loops: each grid cell's mean over the cells of its size x size
+    square that lie on the grid."""
+    n, _, c = tokens.shape
+    grid = tokens.reshape(n, height, width, c)
+    out = np.zeros_like(grid)
+    r = size // 2
+    for i in range(height):
+        for j in range(width):
+            cells = [
+                grid[:, a, b]
+                for a in range(i - r, i + r + 1)
+                for b in range(j - r, j + r + 1)
+                if 0 <= a < height and 0 <= b < width
+            ]
+            out[:, i, j] = np.mean(cells, axis=0)
+    return out.reshape(n, height * width, c)
+
+
+@pytest.mark.parametrize("size", [1, 3, 5])
+def test_local_average_matches_a_loop_over_each_neighbourhood(size):
+    tokens = _tokens(2, 3 * 4, 5, seed=7).float()
+    got = local_average(tokens, 3, 4, size)
+    want = _neighbourhood_means(tokens.numpy(), 3, 4, size)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+    for bad in (0, 2):
+        with pytest.raises(ValueError, match="odd and >= 1"):
+            local_average(tokens, 3, 4, bad)
+    with pytest.raises(ValueError, match="do not fill a 4 x 4 grid"):
+        local_average(tokens, 4, 4, 3)
+
+
+def test_the_pooled_nearest_part_searches_local_averages_in_a_bank_of_local_averages():
+    """With pool 3 the bank holds the fit images' averaged tokens and a token's score is the
+    distance of its own average to the nearest of them (brute force over the bank)."""
+    model, train, held = _level()
+    head = fit_head(["nearest"], model, train, held, 1000, pool=3)
+    fit_tokens = _neighbourhood_means(train.flatten(2).transpose(1, 2).numpy(), 3, 4, 3)
+    np.testing.assert_allclose(head.bank.numpy(), fit_tokens.reshape(-1, 6), rtol=1e-5, atol=1e-6)
+    queries = _neighbourhood_means(held.flatten(2).transpose(1, 2).numpy(), 3, 4, 3)
+    want = np.linalg.norm(queries[:, :, None] - fit_tokens.reshape(1, 1, -1, 6), axis=-1).min(-1)
+    tokens = held.flatten(2).transpose(1, 2)
+    with torch.no_grad():
+        (raw,) = head.part_scores(FODOutput(tokens, tokens))
+    np.testing.assert_allclose(raw.numpy(), want, rtol=1e-4, atol=1e-4)
+    plain = fit_head(["nearest"], model, train, held, 1000)
+    assert not torch.allclose(plain.part_scores(FODOutput(tokens, tokens))[0], raw)
+    again = CalibratedHead.from_state_dict(head.state_dict(), ["nearest"], model.variant, 3, 4, 3)
+    assert torch.equal(again(FODOutput(tokens, tokens)), head(FODOutput(tokens, tokens)))
 
 
 def test_memory_bank_is_a_seeded_subsample_without_repeats():
@@ -307,7 +359,7 @@ def test_presets_and_legacy_configs():
     with pytest.raises(ConfigError, match="head_parts"):
         FODConfig(head_parts=("nearest", "cosine"))
     old = FODConfig.paper().to_dict()
-    for key in ("head", "head_parts", "holdout", "bank_size", "bank_selection"):
+    for key in ("head", "head_parts", "holdout", "bank_size", "bank_selection", "nearest_pool"):
         old.pop(key)
     assert FODConfig.from_dict(legacy_config(old)).head == "paper"
     # model files from before the coverage bank drew the bank at random
@@ -315,14 +367,21 @@ def test_presets_and_legacy_configs():
     assert FODConfig().bank_selection == "coverage"
     with pytest.raises(ConfigError, match="bank_selection must be one of coverage, random"):
         FODConfig(bank_selection="kcenter")
+    # model files from before the local average searched each token alone
+    assert FODConfig.from_dict(legacy_config(old)).nearest_pool == 1
+    with pytest.raises(ConfigError, match="nearest_pool must be odd"):
+        FODConfig(nearest_pool=4)
+    with pytest.raises(ConfigError, match="nearest_pool must be an integer >= 1"):
+        FODConfig(nearest_pool=0)
 
 
-def test_model_file_round_trip_keeps_the_heads(tmp_path):
+@pytest.mark.parametrize("pool", [1, 3])
+def test_model_file_round_trip_keeps_the_heads(tmp_path, pool):
     from fod.backbone import create_backbone
     from fod.scoring import Detector
     from fod.training import load_model_file, save_model_file
 
-    config = tiny_config(d_model=(8, 8), epochs=1, bank_size=64, segmenter=False)
+    config = tiny_config(d_model=(8, 8), epochs=1, bank_size=64, segmenter=False, nearest_pool=pool)
     backbone = create_backbone(config.backbone)
     images = torch.rand(10, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -332,6 +391,7 @@ def test_model_file_round_trip_keeps_the_heads(tmp_path):
     save_model_file(path, config, backbone, result.models, threshold=1.0, heads=result.heads)
     again, _, levels, meta = load_model_file(path)
     assert again == config and meta["heads"] is not None
+    assert [h.pool for h in meta["heads"]] == [pool, pool]
     before = Detector(backbone, result.models, 64, heads=result.heads)(images[:3])
     after = Detector(backbone, levels, 64, heads=meta["heads"])(images[:3])
     assert torch.allclose(before[0], after[0]) and torch.allclose(before[1], after[1])

@@ -74,6 +74,7 @@ def test_config_round_trip_is_json() -> None:
         "variant",
         "head",
         "head_parts",
+        "nearest_pool",
         "segmenter",
         "segmenter_context",
     }

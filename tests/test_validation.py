@@ -433,11 +433,14 @@ def test_cli_train_reports_the_validation_and_can_skip_it(generated, tmp_path, c
     assert "image score one weighting of parts and levels" in capsys.readouterr().out
     assert FOD.load(out, device="cpu").config.image_rule == "single"
     args = ["train", str(generated), "--out", str(out), "--force", "--validation", "none"]
-    assert main([*args, "--bank-selection", "random", *tiny_args()]) == 0
+    pooled = ["--bank-selection", "random", "--nearest-pool", "3"]
+    assert main([*args, *pooled, *tiny_args()]) == 0
     printed = capsys.readouterr().out
     assert "synthetic validation" not in printed
     assert "max of the held-out good images' scores" in printed
-    assert FOD.load(out, device="cpu").config.bank_selection == "random"
+    loaded = FOD.load(out, device="cpu")
+    assert (loaded.config.bank_selection, loaded.config.nearest_pool) == ("random", 3)
+    assert [h.pool for h in loaded.heads] == [3, 3]
 
 
 def test_the_smallest_fit_validates_on_its_one_held_out_image(generated, tmp_path):

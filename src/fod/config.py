@@ -45,6 +45,7 @@ SIGNATURE_KEYS: tuple[str, ...] = (
     "variant",
     "head",
     "head_parts",
+    "nearest_pool",
     "segmenter",
     "segmenter_context",
 )
@@ -137,6 +138,7 @@ class FODConfig:
     holdout: float = 0.2
     bank_size: int = 32768
     bank_selection: str = "coverage"
+    nearest_pool: int = 1
     validation: str = "synthetic"
     image_rule: str = "auto"
     segmenter: bool = True
@@ -225,6 +227,11 @@ class FODConfig:
             raise ConfigError(
                 f"bank_selection must be one of {', '.join(BANK_SELECTIONS)}, "
                 f"got {self.bank_selection!r}"
+            )
+        pool = _positive_int("nearest_pool", self.nearest_pool)
+        if pool % 2 == 0:
+            raise ConfigError(
+                f"nearest_pool must be odd (a square of tokens centred on each), got {pool}"
             )
         if self.validation not in VALIDATIONS:
             raise ConfigError(
@@ -347,7 +354,8 @@ def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     values every model had then (the paper's head, no held-out images); one from before the
     synthetic validation had none, and one from before the coverage bank drew its bank at
     random; none before the anomaly segmenter had one, and a segmenter before its context
-    path had none; a validation before the band rule kept a single weighting."""
+    path had none; a validation before the band rule kept a single weighting; a nearest part
+    before the local average searched each token alone."""
     out = dict(data)
     if "head" not in out:
         out.update(head="paper", head_parts=["paper"], holdout=0.0)
@@ -357,6 +365,7 @@ def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     out.setdefault("segmenter", False)
     out.setdefault("segmenter_context", False)
     out.setdefault("image_rule", "single")
+    out.setdefault("nearest_pool", 1)
     return out
 
 

@@ -44,6 +44,7 @@ _CONFIG_OPTIONS = {
     "holdout": "holdout",
     "bank_size": "bank_size",
     "bank_selection": "bank_selection",
+    "nearest_pool": "nearest_pool",
     "validation": "validation",
     "image_rule": "image_rule",
     "segmenter": "segmenter",
@@ -222,6 +223,14 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         choices=BANK_SELECTIONS,
         help="coverage: half the bank drawn at random, half the good tokens farthest from it "
         f"(rare good patterns); random: all drawn at random (default: {d.bank_selection})",
+    )
+    g.add_argument(
+        "--nearest-pool",
+        type=int,
+        metavar="K",
+        help="the nearest part compares each token averaged with its K x K neighbours "
+        "(PatchCore's local aggregation; odd K, 1 = each token alone; "
+        f"default: {d.nearest_pool})",
     )
     g.add_argument(
         "--validation",

@@ -10,7 +10,9 @@ a nearest-patch distance of a training image to a bank that holds it is zero):
   the weight that gives the held-out images the highest likelihood);
 - ``feature``: the same Gaussian on the features ``x`` themselves (no transformer);
 - ``nearest``: distance of ``x`` to the nearest token of a memory bank of good tokens (half
-  drawn at random, half the good tokens farthest from those: rare good patterns);
+  drawn at random, half the good tokens farthest from those: rare good patterns), each token
+  first averaged with its ``pool`` x ``pool`` neighbours when ``pool`` > 1 (the bank's
+  tokens likewise);
 - ``paper``: the paper's token score for the model's variant.
 
 Standardising each part makes them addable and the levels comparable (the heat map averages
@@ -34,6 +36,7 @@ from fod.model import FODOutput, Variant, token_scores
 from fod.scoring.normality import (
     choose_shrinkage,
     fit_gaussian,
+    local_average,
     mahalanobis,
     memory_bank,
     nearest_distance,
@@ -73,11 +76,14 @@ class CalibratedHead(nn.Module):
         height: int = 1,
         width: int = 1,
         weightings: int = 1,
+        pool: int = 1,
     ) -> None:
         super().__init__()
         self.parts = check_parts(parts)
         self.variant = variant
         self.height, self.width = int(height), int(width)
+        #: Side of the square of tokens the nearest part averages (config ``nearest_pool``).
+        self.pool = int(pool)
         if tokens != self.height * self.width:
             raise ValueError(f"{tokens} tokens do not fill a {height} x {width} grid")
         for name in ("residual", "feature"):
@@ -112,7 +118,8 @@ class CalibratedHead(nn.Module):
             elif part == "feature":
                 out.append(mahalanobis(x, self.feature_mean, self.feature_precision))
             elif part == "nearest":
-                out.append(nearest_distance(x, self.bank))
+                pooled = local_average(x, self.height, self.width, self.pool)
+                out.append(nearest_distance(pooled, self.bank))
             elif paper is not None:
                 out.append(paper)
             else:
@@ -138,8 +145,10 @@ class CalibratedHead(nn.Module):
         variant: Variant,
         height: int,
         width: int,
+        pool: int = 1,
     ) -> CalibratedHead:
-        """A head with the shapes of ``state`` (the bank's size is data-dependent), loaded."""
+        """A head with the shapes of ``state`` (the bank's size is data-dependent), loaded;
+        ``pool`` is the config's ``nearest_pool``."""
         parts = check_parts(parts)
         source = state.get("residual_mean", state.get("feature_mean"))
         channels = int(source.shape[1]) if source is not None else int(state["bank"].shape[1])
@@ -150,7 +159,7 @@ class CalibratedHead(nn.Module):
         elif weight.dim() == 1:  # files from before several weightings: the one they had
             weight = weight.unsqueeze(0)
         state = {**state, "image_weight": weight}
-        head = cls(parts, variant, height * width, channels, bank, height, width, len(weight))
+        head = cls(parts, variant, height * width, channels, bank, height, width, len(weight), pool)
         head.load_state_dict(state, strict=True)
         return head.eval()
 
@@ -185,11 +194,13 @@ def fit_head(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     bank_selection: str = "coverage",
+    pool: int = 1,
 ) -> CalibratedHead:
     """Fit one level's head: statistics on ``fit_features`` (the images the transformer was
     trained on), centre and scale of each part on ``holdout_features`` (good images neither
     the transformer nor the statistics have seen); ``bank_selection`` as
-    :func:`~fod.scoring.normality.memory_bank`."""
+    :func:`~fod.scoring.normality.memory_bank`, ``pool`` as
+    :func:`~fod.scoring.normality.local_average` for the nearest part."""
     parts = check_parts(parts)
     if holdout_features.shape[0] < 1:
         raise ValueError("the head needs at least one held-out good image to calibrate on")
@@ -202,7 +213,14 @@ def fit_head(
     )
     n_bank = min(int(bank_size), tokens.shape[0] * tokens.shape[1])
     head = CalibratedHead(
-        parts, model.variant, spec.tokens, spec.channels, n_bank, spec.height, spec.width
+        parts,
+        model.variant,
+        spec.tokens,
+        spec.channels,
+        n_bank,
+        spec.height,
+        spec.width,
+        pool=pool,
     )
     for name, fit_x, held_x in (
         ("residual", tokens - recon, h_tokens - h_recon),
@@ -215,7 +233,8 @@ def fit_head(
             setattr(head, f"{name}_precision", precision)
             head.shrinkage[name] = shrink
     if "nearest" in parts:
-        head.bank = memory_bank(tokens, n_bank, seed, bank_selection)
+        pooled = local_average(tokens, spec.height, spec.width, pool)
+        head.bank = memory_bank(pooled, n_bank, seed, bank_selection)
     with torch.no_grad():
         scores = head.part_scores(FODOutput(h_tokens, h_recon), h_paper)
     head.center = torch.stack([s.mean() for s in scores]).float()

@@ -12,7 +12,9 @@ against the variability of good images instead:
 - :func:`nearest_distance`: the distance to the nearest of a memory bank of good tokens from
   any position, which needs no alignment between images;
 - :func:`memory_bank`: the good tokens the nearest distance searches: half a seeded random
-  draw, half chosen to cover the rare ones (``coverage``), or all drawn at random (``random``).
+  draw, half chosen to cover the rare ones (``coverage``), or all drawn at random (``random``);
+- :func:`local_average`: each token averaged with its neighbours on the grid before the
+  nearest search (PatchCore's local aggregation), so a token carries its surroundings.
 
 Everything works on tokens ``(N, L, C)``: N images, L = H W grid positions, C channels.
 """
@@ -20,6 +22,7 @@ Everything works on tokens ``(N, L, C)``: N images, L = H W grid positions, C ch
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fod.config import BANK_SELECTIONS
@@ -107,6 +110,26 @@ def mahalanobis(tokens: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
     return d2.clamp_min(0.0).sqrt()
 
 
+def local_average(tokens: Tensor, height: int, width: int, size: int) -> Tensor:
+    """``tokens`` (N, L, C) on a ``height`` x ``width`` grid, each replaced by the mean of the
+    ``size`` x ``size`` tokens centred on it (fewer at the borders: only those on the grid).
+
+    A token alone is one cell of the image; averaged with its neighbours it describes the
+    local texture, which is less noisy and shows faint changes over larger regions
+    (PatchCore's local neighbourhood aggregation). ``size`` 1 returns ``tokens`` unchanged.
+    """
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"the neighbourhood side must be odd and >= 1, got {size}")
+    if size == 1:
+        return tokens
+    n, length, channels = tokens.shape
+    if length != height * width:
+        raise ValueError(f"{length} tokens do not fill a {height} x {width} grid")
+    grid = tokens.transpose(1, 2).reshape(n, channels, height, width)
+    pooled = F.avg_pool2d(grid, size, stride=1, padding=size // 2, count_include_pad=False)
+    return pooled.flatten(2).transpose(1, 2)
+
+
 def memory_bank(tokens: Tensor, size: int, seed: int = 0, selection: str = "coverage") -> Tensor:
     """``(M, C)``: ``size`` distinct good tokens of ``tokens`` (N, L, C) (all when fewer), seeded.
 
@@ -184,6 +207,7 @@ __all__ = [
     "choose_shrinkage",
     "fit_gaussian",
     "gaussian_log_likelihood",
+    "local_average",
     "mahalanobis",
     "memory_bank",
     "nearest_distance",

@@ -272,7 +272,12 @@ def _build_heads(path: Path, config: FODConfig, entries: Any) -> list[Calibrated
             state = entry["head"]
             heads.append(
                 CalibratedHead.from_state_dict(
-                    state, config.head_parts, config.variant, spec.height, spec.width
+                    state,
+                    config.head_parts,
+                    config.variant,
+                    spec.height,
+                    spec.width,
+                    config.nearest_pool,
                 )
             )
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:

@@ -98,6 +98,7 @@ def fit_heads(
             config.seed,
             device=device,
             bank_selection=config.bank_selection,
+            pool=config.nearest_pool,
         )
         for model, tf, hf in zip(models, fit_features, holdout_features, strict=True)
     ]
