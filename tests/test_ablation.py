@@ -17,7 +17,10 @@ from fod.experiments.ablation_rows import ablation_rows, paper_rows
 
 ROWS = ["patch", "intra_noent_div", "inter_coreset", "full", "head_nearest_random_bank",
         "head_feature_nearest", "head_residual_nearest", "head_residual_nearest_validated_single",
-        "head_residual_nearest_validated", "head_residual_nearest_validated_segmenter"]  # fmt: skip
+        "head_residual_nearest_validated", "head_residual_nearest_validated_segmenter",
+        "head_residual_nearest_validated_segmenter_pooled"]  # fmt: skip
+VALIDATED, SINGLE = "head_residual_nearest_validated", "head_residual_nearest_validated_single"
+SEGMENTED = "head_residual_nearest_validated_segmenter"
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +63,7 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
         table = list(csv.DictReader(f))
     assert [r["views"] for r in table] == ["patch-wise", "intra", "inter"] + [
         "patch + intra + inter"
-    ] * 7
+    ] * 8
     assert float(table[3]["image_auroc"]) == pytest.approx(report["rows"][3]["image_auroc"])
     assert float(table[3]["paper_mvtec"]) == 0.992
     # paper rows: the paper's head on every image; head rows: the parts they name, calibrated
@@ -77,21 +80,25 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
     assert random_bank["record"]["score"] == "calibrated nearest, random bank"
     # validation weighs the levels of the image score only: the same heat maps
     rows = {r["key"]: r for r in report["rows"]}
-    validated = json.loads((out / "rows" / f"{ROWS[-2]}.json").read_text())["config"]
+    validated = json.loads((out / "rows" / f"{VALIDATED}.json").read_text())["config"]
     assert validated["validation"] == "synthetic" and validated["segmenter"] is False
     assert validated["image_rule"] == "auto"
-    single = json.loads((out / "rows" / f"{ROWS[-3]}.json").read_text())
+    single = json.loads((out / "rows" / f"{SINGLE}.json").read_text())
     assert single["config"]["image_rule"] == "single" and single["config"]["segmenter"] is False
     assert single["record"]["score"] == "calibrated residual + nearest, validated, single weighting"
     for key in ("pixel_auroc", "aupro"):
-        for row in ROWS[-3:-1]:
+        for row in (SINGLE, VALIDATED):
             assert rows[row][key] == pytest.approx(rows["head_residual_nearest"][key], abs=1e-9)
     # the segmenter adds to the heat map only: the same image scores, other heat maps
-    segmented = json.loads((out / "rows" / f"{ROWS[-1]}.json").read_text())
-    assert segmented["config"]["segmenter"] is True
+    segmented = json.loads((out / "rows" / f"{SEGMENTED}.json").read_text())
+    assert segmented["config"]["segmenter"] is True and segmented["config"]["nearest_pool"] == 1
     assert segmented["record"]["score"] == "calibrated residual + nearest, validated, segmenter"
-    assert rows[ROWS[-1]]["image_auroc"] == pytest.approx(rows[ROWS[-2]]["image_auroc"], abs=1e-9)
-    assert rows[ROWS[-1]]["pixel_auroc"] != pytest.approx(rows[ROWS[-2]]["pixel_auroc"], abs=1e-9)
+    assert rows[SEGMENTED]["image_auroc"] == pytest.approx(rows[VALIDATED]["image_auroc"], abs=1e-9)
+    assert rows[SEGMENTED]["pixel_auroc"] != pytest.approx(rows[VALIDATED]["pixel_auroc"], abs=1e-9)
+    # the pooled row differs from the default's only in the nearest part's local average
+    pooled = json.loads((out / "rows" / f"{ROWS[-1]}.json").read_text())
+    assert pooled["config"] == {**segmented["config"], "nearest_pool": 3}
+    assert pooled["record"]["score"].endswith("segmenter, nearest on 3 x 3 averages")
     assert not (out / "rows" / "calibrated.state.pt").exists()
     md = (out / "ablation.md").read_text()
     assert "| patch + intra + inter | with | mean | Rec & Div |" in md

@@ -128,6 +128,7 @@ def run_ablation(
                 bank_selection=row.bank_selection,
                 segmenter=row.segmenter,
                 segmenter_context=row.segmenter_context,
+                nearest_pool=row.nearest_pool,
             )
         result_path = out / "rows" / f"{row.key}.json"
         head = f"[{index}/{len(chosen)}] {row.key} ({row.views}, {row.score})"

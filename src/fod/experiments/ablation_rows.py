@@ -6,8 +6,9 @@ the anomaly score; everything else is held equal when `fod ablate` trains them, 
 paper's head and every good image trained on. The paper's image AUROC (MVTec AD / BTAD /
 MVTec 3D-AD RGB / mean) is kept beside each row for the report. The head rows share one full
 model trained on the fit split of the good images and differ only in the parts their head
-sums (``head_parts``), calibrated on the held-out split; the last two add the anomaly
-segmenter to the heat map, as the default has it and with its context path.
+sums (``head_parts``), calibrated on the held-out split; the last three add the anomaly
+segmenter to the heat map, as the default has it, with its context path, and with the nearest
+part on local averages of 3 x 3 tokens.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class AblationRow:
     bank_selection: str = "coverage"
     segmenter: bool = False
     segmenter_context: bool = False
+    nearest_pool: int = 1
 
 
 _RN = ("residual", "nearest")
@@ -44,10 +46,11 @@ _RFN = ("residual", "feature", "nearest")
 #: validation's weightings in the image score by the default rule, the anomaly segmenter in
 #: the heat map); the random-bank rows show what the coverage bank adds, the single row what
 #: the band of weightings adds over the one nearest the plain average (the default rule
-#: ``auto`` averages the band from 20 held-out images on), the last row what the segmenter's
-#: context path (an option) adds. Validation: "none", or the synthetic one with the image
-#: rule "auto" (the default's) or "single". Segmenter: "" (none), "local" (the default's) or
-#: "context".
+#: ``auto`` averages the band from 20 held-out images on), the last two rows what the
+#: segmenter's context path and the nearest part's 3 x 3 local average (options) add.
+#: Validation: "none", or the synthetic one with the image rule "auto" (the default's) or
+#: "single". Segmenter: "" (none), "local" (the default's) or "context". The nearest part
+#: searches each token alone in every row but the one named ``_pooled``.
 HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, str], ...] = (
     ("head_paper", ("paper",), "none", "coverage", ""),
     ("head_residual", ("residual",), "none", "coverage", ""),
@@ -62,11 +65,15 @@ HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, str], ...] = (
     ("head_residual_nearest_validated", _RN, "auto", "coverage", ""),
     ("head_residual_nearest_validated_segmenter", _RN, "auto", "coverage", "local"),
     ("head_residual_nearest_validated_segmenter_context", _RN, "auto", "coverage", "context"),
+    ("head_residual_nearest_validated_segmenter_pooled", _RN, "auto", "coverage", "local"),
 )
+#: The rows whose nearest part averages 3 x 3 tokens (config ``nearest_pool``).
+POOLED_ROWS = frozenset({"head_residual_nearest_validated_segmenter_pooled"})
+POOL = 3
 
 
 def _head_score(
-    parts: tuple[str, ...], validation: str, bank_selection: str, segmenter: str
+    parts: tuple[str, ...], validation: str, bank_selection: str, segmenter: str, pool: int = 1
 ) -> str:
     text = "calibrated " + " + ".join(parts)
     if "nearest" in parts and bank_selection != "coverage":
@@ -75,7 +82,8 @@ def _head_score(
         validation
     ]
     kind = {"": "", "local": ", segmenter", "context": ", segmenter with context"}[segmenter]
-    return text + kind
+    pooled = f", nearest on {pool} x {pool} averages" if pool > 1 else ""
+    return text + kind + pooled
 
 
 def head_rows() -> list[AblationRow]:
@@ -86,7 +94,7 @@ def head_rows() -> list[AblationRow]:
             "patch + intra + inter",
             "with",
             "mean",
-            _head_score(parts, validation, bank, segmenter),
+            _head_score(parts, validation, bank, segmenter, POOL if key in POOLED_ROWS else 1),
             Variant(),
             None,
             None,
@@ -98,6 +106,7 @@ def head_rows() -> list[AblationRow]:
             bank,
             bool(segmenter),
             segmenter == "context",
+            POOL if key in POOLED_ROWS else 1,
         )
         for key, parts, validation, bank, segmenter in HEAD_ROWS
     ]
