@@ -72,6 +72,11 @@ POOLED_ROWS = frozenset({"head_residual_nearest_validated_segmenter_pooled"})
 POOL = 3
 
 
+def _pool(key: str) -> int:
+    """The row's ``nearest_pool``: :data:`POOL` for the pooled rows, 1 (each token) else."""
+    return POOL if key in POOLED_ROWS else 1
+
+
 def _head_score(
     parts: tuple[str, ...], validation: str, bank_selection: str, segmenter: str, pool: int = 1
 ) -> str:
@@ -94,7 +99,7 @@ def head_rows() -> list[AblationRow]:
             "patch + intra + inter",
             "with",
             "mean",
-            _head_score(parts, validation, bank, segmenter, POOL if key in POOLED_ROWS else 1),
+            _head_score(parts, validation, bank, segmenter, _pool(key)),
             Variant(),
             None,
             None,
@@ -106,7 +111,7 @@ def head_rows() -> list[AblationRow]:
             bank,
             bool(segmenter),
             segmenter == "context",
-            POOL if key in POOLED_ROWS else 1,
+            _pool(key),
         )
         for key, parts, validation, bank, segmenter in HEAD_ROWS
     ]
