@@ -17,30 +17,20 @@ import numpy as np
 import torch
 
 from fod.api import FOD
-from fod.batches import map_batches
 from fod.data import load_batch, training_samples
 from fod.data.anomalies import synthetic_anomalies
 from fod.metrics.classification import auroc_from_groups
-from fod.scoring.detector import level_scores
 from fod.training.features import image_features
 from fod.training.fit import holdout_split
 from fod.training.validation import (
     MIN_ANOMALIES,
     PER_IMAGE,
     band_scales,
-    grid_image_scores,
     near_best,
     nearest_plain,
-    weightings,
+    rate_weightings,
+    token_scores,
 )
-
-
-def part_scores(model: FOD, features: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each level's standardised part scores of ``features``, batch by batch."""
-    assert model.levels is not None and model.heads is not None
-    levels, heads = model.levels, model.heads
-    with torch.no_grad():
-        return map_batches(lambda batch: level_scores(levels, batch, heads), features)
 
 
 def split_half(
@@ -91,13 +81,14 @@ def main() -> None:
     images = load_batch([s.image for s in held], config.image_size)
     count = max(MIN_ANOMALIES, PER_IMAGE * len(held))
     anomalous_images, _, _ = synthetic_anomalies(images, count, config.seed)
-    good = part_scores(model, model.features(held))
-    anomalous = part_scores(model, image_features(model._backbone(), anomalous_images, "cpu"))
-    assert model.heads is not None
-    rows = weightings(model.heads[0].parts, len(good))
-    per_level = [torch.stack([r["weights"][i] for r in rows]) for i in range(len(good))]
-    g = grid_image_scores(good, per_level, config.image_size).double().numpy()
-    a = grid_image_scores(anomalous, per_level, config.image_size).double().numpy()
+    assert model.levels is not None and model.heads is not None
+    good = token_scores(model.levels, model.heads, model.features(held))
+    anomalous_features = image_features(model._backbone(), anomalous_images, "cpu")
+    anomalous = token_scores(model.levels, model.heads, anomalous_features)
+    rows, _, g_all, a_all = rate_weightings(
+        good, anomalous, model.heads[0].parts, config.image_size
+    )
+    g, a = g_all.double().numpy(), a_all.double().numpy()
     owner = np.arange(count) % len(held)  # the held-out image each anomaly was made on
     results = split_half(rows, g, a, owner, args.splits)
     print(f"{args.model}: {len(held)} held-out images, {count} anomalies, {args.splits} splits")

@@ -30,15 +30,22 @@ from fod.training.validation import (
     THRESHOLD_RULE,
     auroc_standard_error,
     band_scales,
-    choose_image_weighting,
     grid_image_scores,
     image_weights,
+    nearest_plain,
     rate_weightings,
     resolve_rule,
     rule_weights,
     separating_threshold,
     weight_grid,
 )
+
+
+def choose_image_weighting(good, anomalous, parts, size, sigma):
+    """The single rule as validate applies it: the band's row nearest the plain average, and
+    the whole table."""
+    table, near, _, _ = rate_weightings(good, anomalous, parts, size, sigma)
+    return table[nearest_plain(table, near)], table
 
 
 def _good_images(n: int = 3, size: int = 48, seed: int = 0) -> torch.Tensor:
@@ -180,7 +187,7 @@ def test_the_band_rule_averages_the_near_best_weightings_over_their_good_spread(
     anomalous = [torch.randn(n_anomalous, 2, 1, 1, generator=g) for _ in range(2)]
     anomalous[0][:, 0] += 0.7
     anomalous[1][:, 0] += 1.5
-    table, near, g_all = rate_weightings(good, anomalous, ("a", "b"), 4, sigma=1.0)
+    table, near, g_all, _ = rate_weightings(good, anomalous, ("a", "b"), 4, sigma=1.0)
     top = max(r["auroc"] for r in table)
     floor = top - auroc_standard_error(top, n_anomalous, n_good)
     assert near == [i for i, r in enumerate(table) if r["auroc"] >= floor - 1e-12]

@@ -113,12 +113,12 @@ def rate_weightings(
     parts: Sequence[str],
     size: int,
     sigma: float = DEFAULT_SIGMA,
-) -> tuple[list[dict[str, Any]], list[int], Tensor]:
+) -> tuple[list[dict[str, Any]], list[int], Tensor, Tensor]:
     """Every weighting of :func:`weightings` rated on ``good`` and ``anomalous`` standardised
     part scores (one (N, P, H_l, W_l) tensor per level each): the table (rows of ``levels``,
     ``parts``, ``auroc``), the indices of the rows within one standard error
-    (:func:`auroc_standard_error`) of the best, and the good images' (K, N) image scores under
-    each weighting."""
+    (:func:`auroc_standard_error`) of the best, and the good and anomalous images' (K, N) and
+    (K, M) image scores under each weighting."""
     rows = weightings(parts, len(good))
     per_level = [torch.stack([row["weights"][i] for row in rows]) for i in range(len(good))]
     g_all = grid_image_scores(good, per_level, size, sigma)
@@ -129,7 +129,7 @@ def rate_weightings(
     near = near_best(
         [row["auroc"] for row in table], int(anomalous[0].shape[0]), int(good[0].shape[0])
     )
-    return table, near, g_all
+    return table, near, g_all, a_all
 
 
 def near_best(aurocs: Sequence[float], anomalous: int, good: int) -> list[int]:
@@ -151,24 +151,6 @@ def nearest_plain(table: Sequence[dict[str, Any]], near: Sequence[int]) -> int:
         return (-round(distance, 9), len(table[i]["parts"]), table[i]["auroc"])
 
     return max(near, key=key)
-
-
-def choose_image_weighting(
-    good: Sequence[Tensor],
-    anomalous: Sequence[Tensor],
-    parts: Sequence[str],
-    size: int,
-    sigma: float = DEFAULT_SIGMA,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The single rule: the level weights and parts chosen to separate ``good`` from
-    ``anomalous`` (as :func:`rate_weightings` takes them), and the AUROC of every combination.
-
-    One-standard-error rule: of the combinations whose AUROC is within one standard error of
-    the best, the one nearest the plain average of the levels is kept, then the one with more
-    parts. With few held-out images the AUROCs differ by noise, and the choice stays near the
-    default instead of chasing it."""
-    table, near, _ = rate_weightings(good, anomalous, parts, size, sigma)
-    return table[nearest_plain(table, near)], table
 
 
 def band_scales(good_scores: Tensor) -> Tensor:
@@ -294,7 +276,7 @@ def validate(
     )
     anomalous = token_scores(levels, heads, image_features(backbone, images, device), device)
     parts = heads[0].parts
-    table, near, g_all = rate_weightings(good, anomalous, parts, image_size, sigma)
+    table, near, g_all, _ = rate_weightings(good, anomalous, parts, image_size, sigma)
     members, weights = rule_weights(rule, table, near, g_all, parts)
     for head, w in zip(heads, weights, strict=True):
         head.image_weight = w.to(head.image_weight.device)
@@ -361,7 +343,6 @@ __all__ = [
     "WEIGHT_STEP",
     "auroc_standard_error",
     "band_scales",
-    "choose_image_weighting",
     "grid_image_scores",
     "image_weights",
     "near_best",
