@@ -18,9 +18,11 @@ from fod.experiments.ablation_rows import ablation_rows, paper_rows
 ROWS = ["patch", "intra_noent_div", "inter_coreset", "full", "head_nearest_random_bank",
         "head_feature_nearest", "head_residual_nearest", "head_residual_nearest_validated_single",
         "head_residual_nearest_validated", "head_residual_nearest_validated_segmenter",
+        "head_residual_nearest_pooled_validated_segmenter",
         "head_residual_nearest_validated_segmenter_pooled"]  # fmt: skip
 VALIDATED, SINGLE = "head_residual_nearest_validated", "head_residual_nearest_validated_single"
 SEGMENTED = "head_residual_nearest_validated_segmenter"
+TWO_GRAINS = "head_residual_nearest_pooled_validated_segmenter"
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
         table = list(csv.DictReader(f))
     assert [r["views"] for r in table] == ["patch-wise", "intra", "inter"] + [
         "patch + intra + inter"
-    ] * 8
+    ] * 9
     assert float(table[3]["image_auroc"]) == pytest.approx(report["rows"][3]["image_auroc"])
     assert float(table[3]["paper_mvtec"]) == 0.992
     # paper rows: the paper's head on every image; head rows: the parts they name, calibrated
@@ -99,6 +101,13 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
     pooled = json.loads((out / "rows" / f"{ROWS[-1]}.json").read_text())
     assert pooled["config"] == {**segmented["config"], "nearest_pool": 3}
     assert pooled["record"]["score"].endswith("segmenter, nearest on 3 x 3 averages")
+    # the default's pooled part adds to the heat map only: the same image scores
+    two = json.loads((out / "rows" / f"{TWO_GRAINS}.json").read_text())
+    assert two["config"] == {**segmented["config"], "head_parts": ["residual", "nearest", "pooled"]}
+    assert two["record"]["score"] == "calibrated residual + nearest + pooled, validated, segmenter"
+    two_row, segmented_row = rows[TWO_GRAINS], rows[SEGMENTED]
+    assert two_row["image_auroc"] == pytest.approx(segmented_row["image_auroc"], abs=1e-9)
+    assert two_row["aupro"] != pytest.approx(segmented_row["aupro"], abs=1e-9)
     assert not (out / "rows" / "calibrated.state.pt").exists()
     md = (out / "ablation.md").read_text()
     assert "| patch + intra + inter | with | mean | Rec & Div |" in md

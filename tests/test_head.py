@@ -181,6 +181,48 @@ def test_the_pooled_nearest_part_searches_local_averages_in_a_bank_of_local_aver
     assert torch.equal(again(FODOutput(tokens, tokens)), head(FODOutput(tokens, tokens)))
 
 
+def test_the_pooled_part_searches_3x3_averages_beside_the_token_and_stays_out_of_the_image():
+    """The pooled part's bank holds the fit images' 3 x 3 averages (its own size), its score is
+    the distance of a token's average to the nearest of them (brute force), it adds to the heat
+    map beside the nearest part, and its image weight is 0."""
+    from fod.scoring.detector import weighted_image_scores
+
+    model, train, held = _level()
+    head = fit_head(["nearest", "pooled"], model, train, held, 1000, pooled_bank_size=1000)
+    fit_tokens = train.flatten(2).transpose(1, 2)
+    averages = _neighbourhood_means(fit_tokens.numpy(), 3, 4, 3).reshape(-1, 6)
+    np.testing.assert_allclose(head.pooled_bank.numpy(), averages, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(head.bank.numpy(), fit_tokens.reshape(-1, 6).numpy())
+    tokens = held.flatten(2).transpose(1, 2)
+    queries = _neighbourhood_means(tokens.numpy(), 3, 4, 3)
+    want = np.linalg.norm(queries[:, :, None] - averages.reshape(1, 1, -1, 6), axis=-1).min(-1)
+    out = FODOutput(tokens, tokens)
+    with torch.no_grad():
+        raw, pooled = head.part_scores(out)
+        z = head.standardised(out)
+    np.testing.assert_allclose(pooled.numpy(), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(raw.numpy(), nearest_distance(tokens, head.bank).numpy())
+    assert torch.allclose(head(out), z.sum(1))  # the heat map sums both
+    assert head.image_weight.tolist() == [[1.0, 0.0]]
+    # the image score ignores the pooled part: any values there give the same scores
+    noisy = z.clone()
+    noisy[:, 1] = torch.randn_like(noisy[:, 1]) * 100
+    weights = [head.image_weight]
+    assert torch.equal(
+        weighted_image_scores([z], weights, 16), weighted_image_scores([noisy], weights, 16)
+    )
+    small = fit_head(["nearest", "pooled"], model, train, held, 1000, pooled_bank_size=7)
+    assert small.pooled_bank.shape == (7, 6) and small.bank.shape == (120, 6)
+    again = CalibratedHead.from_state_dict(
+        small.state_dict(), ["nearest", "pooled"], model.variant, 3, 4
+    )
+    assert torch.equal(again(out), small(out))
+    with pytest.raises(ValueError, match="leave nothing for the image score"):
+        fit_head(["pooled"], model, train, held, 1000)
+    with pytest.raises(ConfigError, match="the pooled part is for the heat map only"):
+        FODConfig(head_parts=("pooled",))
+
+
 def test_memory_bank_is_a_seeded_subsample_without_repeats():
     x = torch.arange(60, dtype=torch.float32).reshape(3, 10, 2)
     bank = memory_bank(x, 7, seed=3, selection="random")

@@ -38,6 +38,7 @@ from fod.training.validation import (
     rule_weights,
     separating_threshold,
     weight_grid,
+    weightings,
 )
 
 
@@ -161,6 +162,19 @@ def test_several_weightings_give_the_mean_of_their_maxima():
     np.testing.assert_allclose(got.numpy(), want.mean(axis=1), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="1 image weights for 2 levels"):
         weighting_maxima(levels, per_level[:1], 32)
+
+
+def test_weightings_leave_the_heat_map_parts_out_of_every_image_weighting():
+    rows = weightings(("residual", "nearest", "pooled"), 2)
+    assert len(rows) == 3 * len(weight_grid(2))  # subsets of residual and nearest only
+    subsets = {tuple(r["parts"]) for r in rows}
+    assert subsets == {("residual", "nearest"), ("residual",), ("nearest",)}
+    for row in rows:
+        assert all(float(w[2]) == 0.0 for w in row["weights"])
+        keep = [p in row["parts"] for p in ("residual", "nearest")]
+        for w, level in zip(row["weights"], row["levels"], strict=True):
+            assert w[:2].tolist() == [2 * level if k else 0.0 for k in keep]
+    assert len(weightings(("residual", "nearest"), 2)) == len(rows)
 
 
 def test_grid_image_scores_match_the_detector_weighting_by_weighting():
@@ -338,6 +352,7 @@ def test_fit_validates_on_synthetic_anomalies_and_saves_the_weights(generated, t
     band = [r for r in table if r["auroc"] >= floor - 1e-12]
     for w in kept:
         assert tuple(w["levels"]) in weight_grid(2) and set(w["parts"]) <= {"residual", "nearest"}
+    assert all("pooled" not in r["parts"] for r in table) and len(table) == 15
     if rule == "band":
         assert [(w["levels"], w["parts"]) for w in kept] == [
             (r["levels"], r["parts"]) for r in band
@@ -363,7 +378,9 @@ def test_without_validation_the_levels_are_averaged_and_the_threshold_is_the_max
 
     model = FOD(tiny_config(validation="none"), device="cpu", progress=False).fit(generated)
     assert "validation" not in model.stats and model.config.image_rule == "single"
-    assert [h.image_weight.tolist() for h in model.heads] == [[[1.0, 1.0]], [[1.0, 1.0]]]
+    # the plain sum of the image parts; the pooled part stays in the heat map only
+    assert model.config.head_parts == ("residual", "nearest", "pooled")
+    assert [h.image_weight.tolist() for h in model.heads] == [[[1.0, 1.0, 0.0]]] * 2
     assert model.threshold == model.stats["train_score_max"]
 
 
@@ -478,7 +495,7 @@ def test_held_out_scores_computed_once_serve_validation_and_calibration_alike(ge
     held = [f[:5] for f in model.features(samples[:5])]
     size = model.config.image_size
     scores = token_scores(model.levels, model.heads, held)
-    assert [tuple(s.shape[:2]) for s in scores] == [(5, 2), (5, 2)]
+    assert [tuple(s.shape[:2]) for s in scores] == [(5, 3), (5, 3)]  # residual, nearest, pooled
 
     def stats(given):
         return calibrate(

@@ -59,12 +59,13 @@ TRAINING_KEYS: tuple[str, ...] = (
     "seed",
     "holdout",
     "bank_size",
+    "pooled_bank_size",
     "bank_selection",
 )
 #: How token scores are made: the paper's (spec section 6) or the calibrated head.
 HEADS: tuple[str, ...] = ("calibrated", "paper")
 #: Parts the calibrated head can sum (see fod.scoring.head).
-HEAD_PARTS: tuple[str, ...] = ("residual", "feature", "nearest", "paper")
+HEAD_PARTS: tuple[str, ...] = ("residual", "feature", "nearest", "pooled", "paper")
 #: How the nearest part's memory bank picks good tokens (fod.scoring.normality.memory_bank):
 #: ``coverage`` adds the tokens farthest from a random half, ``random`` draws them all.
 BANK_SELECTIONS: tuple[str, ...] = ("coverage", "random")
@@ -128,7 +129,7 @@ class FODConfig:
     ffn_ratio: int = 4
     variant: Variant = field(default_factory=Variant)
     head: str = "calibrated"
-    head_parts: tuple[str, ...] = ("residual", "nearest")
+    head_parts: tuple[str, ...] = ("residual", "nearest", "pooled")
     epochs: int = 2
     batch_size: int = 8
     lr: float = 1e-3
@@ -137,6 +138,7 @@ class FODConfig:
     seed: int = 3407
     holdout: float = 0.2
     bank_size: int = 32768
+    pooled_bank_size: int = 16384
     bank_selection: str = "coverage"
     nearest_pool: int = 1
     validation: str = "synthetic"
@@ -223,6 +225,12 @@ class FODConfig:
                 f"({option('head=paper', '--head paper')})"
             )
         _positive_int("bank_size", self.bank_size)
+        _positive_int("pooled_bank_size", self.pooled_bank_size)
+        if self.head == "calibrated" and set(self.head_parts) <= {"pooled"}:
+            raise ConfigError(
+                "head_parts ['pooled'] leave nothing for the image score (the pooled part is "
+                "for the heat map only): add residual, feature or nearest"
+            )
         if self.bank_selection not in BANK_SELECTIONS:
             raise ConfigError(
                 f"bank_selection must be one of {', '.join(BANK_SELECTIONS)}, "

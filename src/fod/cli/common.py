@@ -43,6 +43,7 @@ _CONFIG_OPTIONS = {
     "head_parts": "head_parts",
     "holdout": "holdout",
     "bank_size": "bank_size",
+    "pooled_bank_size": "pooled_bank_size",
     "bank_selection": "bank_selection",
     "nearest_pool": "nearest_pool",
     "validation": "validation",
@@ -204,7 +205,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=HEAD_PARTS,
         metavar="PART",
-        help=f"parts the calibrated head sums, from {', '.join(HEAD_PARTS)} "
+        help=f"parts the calibrated head sums, from {', '.join(HEAD_PARTS)}; pooled (the "
+        "nearest search on 3 x 3 token averages) adds to the heat map only "
         f"(default: {' '.join(d.head_parts)})",
     )
     g.add_argument(
@@ -219,6 +221,12 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         help=f"good tokens per level in the nearest part's memory bank (default: {d.bank_size})",
     )
     g.add_argument(
+        "--pooled-bank-size",
+        type=int,
+        help="good 3 x 3 token averages per level in the pooled part's memory bank (default: "
+        f"{d.pooled_bank_size})",
+    )
+    g.add_argument(
         "--bank-selection",
         choices=BANK_SELECTIONS,
         help="coverage: half the bank drawn at random, half the good tokens farthest from it "
@@ -229,7 +237,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="K",
         help="the nearest part compares each token averaged with its K x K neighbours "
-        "(PatchCore's local aggregation; odd K, 1 = each token alone; "
+        "(tokens are already 3 x 3 averages of the backbone's map; odd K, 1 = each token alone; "
         f"default: {d.nearest_pool})",
     )
     g.add_argument(

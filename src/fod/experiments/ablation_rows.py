@@ -6,9 +6,9 @@ the anomaly score; everything else is held equal when `fod ablate` trains them, 
 paper's head and every good image trained on. The paper's image AUROC (MVTec AD / BTAD /
 MVTec 3D-AD RGB / mean) is kept beside each row for the report. The head rows share one full
 model trained on the fit split of the good images and differ only in the parts their head
-sums (``head_parts``), calibrated on the held-out split; the last three add the anomaly
-segmenter to the heat map, as the default has it, with its context path, and with the nearest
-part on local averages of 3 x 3 tokens.
+sums (``head_parts``), calibrated on the held-out split; the last four add the anomaly
+segmenter to the heat map: with the pooled part in the heat map (the default), with the
+segmenter's context path, and with the nearest part on local averages of 3 x 3 tokens.
 """
 
 from __future__ import annotations
@@ -41,12 +41,14 @@ class AblationRow:
 
 _RN = ("residual", "nearest")
 _RFN = ("residual", "feature", "nearest")
+_RNP = ("residual", "nearest", "pooled")
 #: Calibrated-head rows: (key, parts, validation, bank selection, segmenter), from the paper's
 #: score recalibrated to the default (residual + nearest, coverage bank, the synthetic
 #: validation's weightings in the image score by the default rule, the anomaly segmenter in
-#: the heat map); the random-bank rows show what the coverage bank adds, the single row what
-#: the band of weightings adds over the one nearest the plain average (the default rule
-#: ``auto`` averages the band from 20 held-out images on), the last two rows what the
+#: the heat map, the pooled part in the heat map); the random-bank rows show what the coverage
+#: bank adds, the single row what the band of weightings adds over the one nearest the plain
+#: average (the default rule ``auto`` averages the band from 20 held-out images on), the
+#: pooled row what the pooled part adds to the heat map, the last two rows what the
 #: segmenter's context path and the nearest part's 3 x 3 local average (options) add.
 #: Validation: "none", or the synthetic one with the image rule "auto" (the default's) or
 #: "single". Segmenter: "" (none), "local" (the default's) or "context". The nearest part
@@ -64,6 +66,7 @@ HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, str], ...] = (
     ("head_residual_nearest_validated_single", _RN, "single", "coverage", ""),
     ("head_residual_nearest_validated", _RN, "auto", "coverage", ""),
     ("head_residual_nearest_validated_segmenter", _RN, "auto", "coverage", "local"),
+    ("head_residual_nearest_pooled_validated_segmenter", _RNP, "auto", "coverage", "local"),
     ("head_residual_nearest_validated_segmenter_context", _RN, "auto", "coverage", "context"),
     ("head_residual_nearest_validated_segmenter_pooled", _RN, "auto", "coverage", "local"),
 )

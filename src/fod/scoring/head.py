@@ -13,12 +13,20 @@ a nearest-patch distance of a training image to a bank that holds it is zero):
   drawn at random, half the good tokens farthest from those: rare good patterns), each token
   first averaged with its ``pool`` x ``pool`` neighbours when ``pool`` > 1 (the bank's
   tokens likewise);
+- ``pooled``: the same search for each token averaged with its :data:`POOLED_SIDE` x
+  :data:`POOLED_SIDE` neighbours, in a bank of such averages (the tokens are already 3 x 3
+  averages of the backbone's map; this describes 5 x 5 of it, weighted to the centre). An
+  average shows faint changes over regions larger than a token, and blurs
+  a defect smaller than its square, so it is a heat-map part (:data:`MAP_PARTS`): it adds
+  to the map beside the token's own search and never enters the image score, a maximum
+  that one diluted small defect would lower;
 - ``paper``: the paper's token score for the model's variant.
 
 Standardising each part makes them addable and the levels comparable (the heat map averages
 levels). The image score may weigh levels and parts differently: each row k of
 ``image_weight`` (K, P) is one weighting, per part the level's weight times the number of
-levels, or 0 for a part left out (one row of ones: the plain sum and average); the image score
+levels, or 0 for a part left out (one row of ones on the image parts, 0 on the heat-map
+parts: the plain sum and average); the image score
 is the mean over rows of each weighting's blurred maximum. The rows are chosen on synthetic
 anomalies by :mod:`fod.training.validation`. All statistics are buffers, so a head saves with
 ``state_dict`` and exports with the rest of the :class:`~fod.scoring.Detector`.
@@ -43,9 +51,14 @@ from fod.scoring.normality import (
 )
 
 #: The parts a calibrated head can sum, in a fixed order.
-PARTS = ("residual", "feature", "nearest", "paper")
+PARTS = ("residual", "feature", "nearest", "pooled", "paper")
 #: Parts that need the transformer's output (the others use the features alone).
 MODEL_PARTS = frozenset({"residual", "paper"})
+#: Parts of the heat map only: their image weight is always 0.
+MAP_PARTS = frozenset({"pooled"})
+#: Side of the square of tokens the ``pooled`` part averages: the smallest square beyond the
+#: token itself (3 tokens span 24 pixels at stride 8, 48 at stride 16; not tuned).
+POOLED_SIDE = 3
 
 
 def check_parts(parts: Sequence[str]) -> tuple[str, ...]:
@@ -57,6 +70,12 @@ def check_parts(parts: Sequence[str]) -> tuple[str, ...]:
             f"head parts must be a non-empty set of {', '.join(PARTS)}; got {list(parts)}"
         )
     return tuple(p for p in PARTS if p in parts)
+
+
+def image_part_mask(parts: Sequence[str]) -> Tensor:
+    """(P,): 1 for each part of ``parts`` that may enter the image score, 0 for a heat-map
+    part (:data:`MAP_PARTS`)."""
+    return torch.tensor([0.0 if p in MAP_PARTS else 1.0 for p in check_parts(parts)])
 
 
 class CalibratedHead(nn.Module):
@@ -77,6 +96,7 @@ class CalibratedHead(nn.Module):
         width: int = 1,
         weightings: int = 1,
         pool: int = 1,
+        pooled_bank_size: int = 0,
     ) -> None:
         super().__init__()
         self.parts = check_parts(parts)
@@ -94,13 +114,20 @@ class CalibratedHead(nn.Module):
             if bank_size < 1:
                 raise ValueError("the nearest part needs a memory bank of at least one token")
             self.register_buffer("bank", torch.zeros(bank_size, channels))
+        if "pooled" in self.parts:
+            if pooled_bank_size < 1:
+                raise ValueError("the pooled part needs a memory bank of at least one token")
+            self.register_buffer("pooled_bank", torch.zeros(pooled_bank_size, channels))
         #: The shrinkage weight each Gaussian part chose (for reports; not needed to score).
         self.shrinkage: dict[str, float] = {}
         self.register_buffer("center", torch.zeros(len(self.parts)))
         self.register_buffer("scale", torch.ones(len(self.parts)))
         if weightings < 1:
             raise ValueError(f"the image score needs at least one weighting, got {weightings}")
-        self.register_buffer("image_weight", torch.ones(int(weightings), len(self.parts)))
+        if not any(p not in MAP_PARTS for p in self.parts):
+            raise ValueError(f"head parts {list(self.parts)} leave nothing for the image score")
+        weight = image_part_mask(self.parts).expand(int(weightings), -1).clone()
+        self.register_buffer("image_weight", weight)
 
     @property
     def needs_model(self) -> bool:
@@ -120,6 +147,9 @@ class CalibratedHead(nn.Module):
             elif part == "nearest":
                 pooled = local_average(x, self.height, self.width, self.pool)
                 out.append(nearest_distance(pooled, self.bank))
+            elif part == "pooled":
+                pooled = local_average(x, self.height, self.width, POOLED_SIDE)
+                out.append(nearest_distance(pooled, self.pooled_bank))
             elif paper is not None:
                 out.append(paper)
             else:
@@ -153,13 +183,25 @@ class CalibratedHead(nn.Module):
         source = state.get("residual_mean", state.get("feature_mean"))
         channels = int(source.shape[1]) if source is not None else int(state["bank"].shape[1])
         bank = int(state["bank"].shape[0]) if "bank" in state else 0
+        pooled_bank = int(state["pooled_bank"].shape[0]) if "pooled_bank" in state else 0
         weight = state.get("image_weight")
         if weight is None:  # files from before the image weights: plain average
-            weight = torch.ones(1, len(parts))
+            weight = image_part_mask(parts).unsqueeze(0)
         elif weight.dim() == 1:  # files from before several weightings: the one they had
             weight = weight.unsqueeze(0)
         state = {**state, "image_weight": weight}
-        head = cls(parts, variant, height * width, channels, bank, height, width, len(weight), pool)
+        head = cls(
+            parts,
+            variant,
+            height * width,
+            channels,
+            bank,
+            height,
+            width,
+            len(weight),
+            pool,
+            pooled_bank,
+        )
         head.load_state_dict(state, strict=True)
         return head.eval()
 
@@ -195,12 +237,14 @@ def fit_head(
     device: str | torch.device = "cpu",
     bank_selection: str = "coverage",
     pool: int = 1,
+    pooled_bank_size: int | None = None,
 ) -> CalibratedHead:
     """Fit one level's head: statistics on ``fit_features`` (the images the transformer was
     trained on), centre and scale of each part on ``holdout_features`` (good images neither
     the transformer nor the statistics have seen); ``bank_selection`` as
     :func:`~fod.scoring.normality.memory_bank`, ``pool`` as
-    :func:`~fod.scoring.normality.local_average` for the nearest part."""
+    :func:`~fod.scoring.normality.local_average` for the nearest part; the pooled part's bank
+    holds ``pooled_bank_size`` tokens (None: ``bank_size``)."""
     parts = check_parts(parts)
     if holdout_features.shape[0] < 1:
         raise ValueError("the head needs at least one held-out good image to calibrate on")
@@ -212,6 +256,8 @@ def fit_head(
         model, holdout_features, batch_size, device, paper="paper" in parts
     )
     n_bank = min(int(bank_size), tokens.shape[0] * tokens.shape[1])
+    pooled_size = bank_size if pooled_bank_size is None else pooled_bank_size
+    n_pooled = min(int(pooled_size), tokens.shape[0] * tokens.shape[1])
     head = CalibratedHead(
         parts,
         model.variant,
@@ -221,6 +267,7 @@ def fit_head(
         spec.height,
         spec.width,
         pool=pool,
+        pooled_bank_size=n_pooled if "pooled" in parts else 0,
     )
     for name, fit_x, held_x in (
         ("residual", tokens - recon, h_tokens - h_recon),
@@ -235,6 +282,9 @@ def fit_head(
     if "nearest" in parts:
         pooled = local_average(tokens, spec.height, spec.width, pool)
         head.bank = memory_bank(pooled, n_bank, seed, bank_selection)
+    if "pooled" in parts:
+        pooled = local_average(tokens, spec.height, spec.width, POOLED_SIDE)
+        head.pooled_bank = memory_bank(pooled, n_pooled, seed, bank_selection)
     with torch.no_grad():
         scores = head.part_scores(FODOutput(h_tokens, h_recon), h_paper)
     head.center = torch.stack([s.mean() for s in scores]).float()
@@ -243,4 +293,13 @@ def fit_head(
     return head.to(device).eval()
 
 
-__all__ = ["MODEL_PARTS", "PARTS", "CalibratedHead", "check_parts", "fit_head"]
+__all__ = [
+    "MAP_PARTS",
+    "MODEL_PARTS",
+    "PARTS",
+    "POOLED_SIDE",
+    "CalibratedHead",
+    "check_parts",
+    "fit_head",
+    "image_part_mask",
+]

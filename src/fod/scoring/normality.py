@@ -14,7 +14,9 @@ against the variability of good images instead:
 - :func:`memory_bank`: the good tokens the nearest distance searches: half a seeded random
   draw, half chosen to cover the rare ones (``coverage``), or all drawn at random (``random``);
 - :func:`local_average`: each token averaged with its neighbours on the grid before the
-  nearest search (PatchCore's local aggregation), so a token carries its surroundings.
+  nearest search, so a token carries its surroundings. The tokens are already the backbone's
+  maps averaged over 3 x 3 positions (the spec's smoothing, PatchCore's local aggregation);
+  a second 3 x 3 average describes a 5 x 5 neighbourhood of the map, weighted to its centre.
 
 Everything works on tokens ``(N, L, C)``: N images, L = H W grid positions, C channels.
 """
@@ -116,7 +118,8 @@ def local_average(tokens: Tensor, height: int, width: int, size: int) -> Tensor:
 
     A token alone is one cell of the image; averaged with its neighbours it describes the
     local texture, which is less noisy and shows faint changes over larger regions
-    (PatchCore's local neighbourhood aggregation). ``size`` 1 returns ``tokens`` unchanged.
+    (PatchCore's local aggregation, once more over the already smoothed tokens). ``size`` 1
+    returns ``tokens`` unchanged.
     """
     if size < 1 or size % 2 == 0:
         raise ValueError(f"the neighbourhood side must be odd and >= 1, got {size}")

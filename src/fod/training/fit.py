@@ -99,6 +99,7 @@ def fit_heads(
             device=device,
             bank_selection=config.bank_selection,
             pool=config.nearest_pool,
+            pooled_bank_size=config.pooled_bank_size,
         )
         for model, tf, hf in zip(models, fit_features, holdout_features, strict=True)
     ]

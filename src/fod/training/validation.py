@@ -45,7 +45,7 @@ from fod.metrics.classification import auroc_from_groups
 from fod.model import FODTransformer
 from fod.scoring.anomaly_map import DEFAULT_SIGMA, anomaly_map
 from fod.scoring.detector import level_scores, weighted_image_scores, weighting_maxima
-from fod.scoring.head import CalibratedHead
+from fod.scoring.head import MAP_PARTS, CalibratedHead
 from fod.training.features import image_features
 
 #: Level weights are multiples of this step.
@@ -93,11 +93,14 @@ def image_weights(levels: Sequence[float], parts: Sequence[bool]) -> list[Tensor
 
 
 def weightings(parts: Sequence[str], n_levels: int) -> list[dict[str, Any]]:
-    """Every level weighting on the grid with every non-empty subset of ``parts``, most parts
-    first: rows of ``levels``, ``parts`` and ``weights`` (one (P,) tensor per level)."""
+    """Every level weighting on the grid with every non-empty subset of the image parts of
+    ``parts`` (heat-map parts, :data:`~fod.scoring.head.MAP_PARTS`, weigh 0 in every row),
+    most parts first: rows of ``levels``, ``parts`` and ``weights`` (one (P,) tensor per
+    level)."""
     rows = []
-    for r in range(len(parts), 0, -1):
-        for kept in itertools.combinations(range(len(parts)), r):
+    image = [i for i, p in enumerate(parts) if p not in MAP_PARTS]
+    for r in range(len(image), 0, -1):
+        for kept in itertools.combinations(image, r):
             for levels in weight_grid(n_levels):
                 mask = [i in kept for i in range(len(parts))]
                 names = [parts[i] for i in kept]
