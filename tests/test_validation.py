@@ -164,6 +164,19 @@ def test_several_weightings_give_the_mean_of_their_maxima():
         weighting_maxima(levels, per_level[:1], 32)
 
 
+def test_parts_and_levels_no_weighting_uses_are_skipped_and_cannot_spoil_the_score():
+    g = torch.Generator().manual_seed(3)
+    levels = [torch.randn(2, 2, 8, 8, generator=g), torch.randn(2, 2, 4, 4, generator=g)]
+    rows = [([2.0, 0.0], [0.0, 0.0]), ([0.5, 0.0], [0.0, 0.0])]  # part 1 and level 1 unused
+    per_level = [torch.tensor([r[i] for r in rows]) for i in range(2)]
+    want = np.array([_scipy_image_score(levels, list(r), 32) for r in rows]).T
+    spoiled = [levels[0].clone(), torch.full_like(levels[1], float("inf"))]
+    spoiled[0][:, 1] = float("nan")
+    for scores in (levels, spoiled):
+        maxima = weighting_maxima(scores, per_level, 32, sigma=2.0)
+        np.testing.assert_allclose(maxima.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
 def test_weightings_leave_the_heat_map_parts_out_of_every_image_weighting():
     rows = weightings(("residual", "nearest", "pooled"), 2)
     assert len(rows) == 3 * len(weight_grid(2))  # subsets of residual and nearest only

@@ -138,7 +138,7 @@ class FODConfig:
     seed: int = 3407
     holdout: float = 0.2
     bank_size: int = 32768
-    pooled_bank_size: int = 16384
+    pooled_bank_size: int = 8192
     bank_selection: str = "coverage"
     nearest_pool: int = 1
     validation: str = "synthetic"

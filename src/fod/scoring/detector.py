@@ -116,19 +116,25 @@ def weighting_maxima(
     and every weighting is a weighted sum of those maps before its maximum."""
     if len(scores) != len(image_weights):
         raise ValueError(f"{len(image_weights)} image weights for {len(scores)} levels")
-    maps = torch.cat(  # (B, L * P, S, S): every level's parts, upsampled and blurred
+    levels = len(scores)
+    # a part that no weighting uses (a heat-map part, a level weighed 0) is neither upsampled
+    # nor blurred: the weights are fixed buffers, so a traced graph keeps this choice
+    rows = [w.reshape(-1, z.shape[1]) for w, z in zip(image_weights, scores, strict=True)]
+    used = [[p for p in range(w.shape[1]) if bool(w[:, p].ne(0).any())] for w in rows]
+    if not any(used):
+        used = [list(range(w.shape[1])) for w in rows]
+    kept = [(z[:, u], w[:, u]) for z, w, u in zip(scores, rows, used, strict=True) if u]
+    maps = torch.cat(  # (B, parts used, S, S): each level's used parts, upsampled and blurred
         [
             gaussian_blur(anomaly_map([z.flatten(0, 1)], size), sigma).view(
                 -1, z.shape[1], size, size
             )
-            for z in scores
+            for z, _ in kept
         ],
         dim=1,
     )
-    weights = torch.cat(  # a (P,) weight is one weighting
-        [w.reshape(-1, z.shape[1]) for w, z in zip(image_weights, scores, strict=True)], dim=1
-    )
-    weights = (weights / len(scores)).to(maps.dtype)  # (K, L * P), the mean over levels
+    weights = torch.cat([w for _, w in kept], dim=1)  # (K, parts used)
+    weights = (weights / levels).to(maps.dtype)  # the mean over levels
     return torch.stack(
         [(maps * k.view(1, -1, 1, 1)).sum(1).flatten(1).amax(1) for k in weights], dim=1
     )
