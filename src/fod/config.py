@@ -66,6 +66,8 @@ TRAINING_KEYS: tuple[str, ...] = (
 HEADS: tuple[str, ...] = ("calibrated", "paper")
 #: Parts the calibrated head can sum (see fod.scoring.head).
 HEAD_PARTS: tuple[str, ...] = ("residual", "feature", "nearest", "pooled", "paper")
+#: Parts of the heat map only, never of the image score (fod.scoring.head.MAP_PARTS).
+MAP_HEAD_PARTS: frozenset[str] = frozenset({"pooled"})
 #: How the nearest part's memory bank picks good tokens (fod.scoring.normality.memory_bank):
 #: ``coverage`` adds the tokens farthest from a random half, ``random`` draws them all.
 BANK_SELECTIONS: tuple[str, ...] = ("coverage", "random")
@@ -226,7 +228,7 @@ class FODConfig:
             )
         _positive_int("bank_size", self.bank_size)
         _positive_int("pooled_bank_size", self.pooled_bank_size)
-        if self.head == "calibrated" and set(self.head_parts) <= {"pooled"}:
+        if self.head == "calibrated" and set(self.head_parts) <= MAP_HEAD_PARTS:
             raise ConfigError(
                 "head_parts ['pooled'] leave nothing for the image score (the pooled part is "
                 "for the heat map only): add residual, feature or nearest"

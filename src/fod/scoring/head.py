@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from fod.batches import map_batches
+from fod.config import MAP_HEAD_PARTS
 from fod.model import FODOutput, Variant, token_scores
 from fod.scoring.normality import (
     choose_shrinkage,
@@ -54,8 +55,11 @@ from fod.scoring.normality import (
 PARTS = ("residual", "feature", "nearest", "pooled", "paper")
 #: Parts that need the transformer's output (the others use the features alone).
 MODEL_PARTS = frozenset({"residual", "paper"})
-#: Parts of the heat map only: their image weight is always 0.
-MAP_PARTS = frozenset({"pooled"})
+#: Parts of the heat map only: their image weight is always 0 (defined beside the config's
+#: parts, which refuses a head of heat-map parts alone before any training).
+MAP_PARTS = MAP_HEAD_PARTS
+#: The parts that search a memory bank, and the name of each one's bank buffer.
+BANKS = {"nearest": "bank", "pooled": "pooled_bank"}
 #: Side of the square of tokens the ``pooled`` part averages: the smallest square beyond the
 #: token itself (3 tokens span 24 pixels at stride 8, 48 at stride 16; not tuned).
 POOLED_SIDE = 3
@@ -110,14 +114,12 @@ class CalibratedHead(nn.Module):
             if name in self.parts:
                 self.register_buffer(f"{name}_mean", torch.zeros(tokens, channels))
                 self.register_buffer(f"{name}_precision", torch.zeros(tokens, channels, channels))
-        if "nearest" in self.parts:
-            if bank_size < 1:
-                raise ValueError("the nearest part needs a memory bank of at least one token")
-            self.register_buffer("bank", torch.zeros(bank_size, channels))
-        if "pooled" in self.parts:
-            if pooled_bank_size < 1:
-                raise ValueError("the pooled part needs a memory bank of at least one token")
-            self.register_buffer("pooled_bank", torch.zeros(pooled_bank_size, channels))
+        sizes = {"nearest": bank_size, "pooled": pooled_bank_size}
+        for part, name in BANKS.items():
+            if part in self.parts:
+                if sizes[part] < 1:
+                    raise ValueError(f"the {part} part needs a memory bank of at least one token")
+                self.register_buffer(name, torch.zeros(sizes[part], channels))
         #: The shrinkage weight each Gaussian part chose (for reports; not needed to score).
         self.shrinkage: dict[str, float] = {}
         self.register_buffer("center", torch.zeros(len(self.parts)))
@@ -128,6 +130,10 @@ class CalibratedHead(nn.Module):
             raise ValueError(f"head parts {list(self.parts)} leave nothing for the image score")
         weight = image_part_mask(self.parts).expand(int(weightings), -1).clone()
         self.register_buffer("image_weight", weight)
+
+    def side(self, part: str) -> int:
+        """Side of the square of tokens a bank part (:data:`BANKS`) averages before its search."""
+        return self.pool if part == "nearest" else POOLED_SIDE
 
     @property
     def needs_model(self) -> bool:
@@ -144,12 +150,9 @@ class CalibratedHead(nn.Module):
                 out.append(mahalanobis(r, self.residual_mean, self.residual_precision))
             elif part == "feature":
                 out.append(mahalanobis(x, self.feature_mean, self.feature_precision))
-            elif part == "nearest":
-                pooled = local_average(x, self.height, self.width, self.pool)
-                out.append(nearest_distance(pooled, self.bank))
-            elif part == "pooled":
-                pooled = local_average(x, self.height, self.width, POOLED_SIDE)
-                out.append(nearest_distance(pooled, self.pooled_bank))
+            elif part in BANKS:
+                averaged = local_average(x, self.height, self.width, self.side(part))
+                out.append(nearest_distance(averaged, getattr(self, BANKS[part])))
             elif paper is not None:
                 out.append(paper)
             else:
@@ -182,8 +185,7 @@ class CalibratedHead(nn.Module):
         parts = check_parts(parts)
         source = state.get("residual_mean", state.get("feature_mean"))
         channels = int(source.shape[1]) if source is not None else int(state["bank"].shape[1])
-        bank = int(state["bank"].shape[0]) if "bank" in state else 0
-        pooled_bank = int(state["pooled_bank"].shape[0]) if "pooled_bank" in state else 0
+        banks = {part: int(state[n].shape[0]) if n in state else 0 for part, n in BANKS.items()}
         weight = state.get("image_weight")
         if weight is None:  # files from before the image weights: plain average
             weight = image_part_mask(parts).unsqueeze(0)
@@ -195,12 +197,12 @@ class CalibratedHead(nn.Module):
             variant,
             height * width,
             channels,
-            bank,
+            banks["nearest"],
             height,
             width,
             len(weight),
             pool,
-            pooled_bank,
+            banks["pooled"],
         )
         head.load_state_dict(state, strict=True)
         return head.eval()
@@ -255,19 +257,19 @@ def fit_head(
     h_tokens, h_recon, h_paper = _outputs(
         model, holdout_features, batch_size, device, paper="paper" in parts
     )
-    n_bank = min(int(bank_size), tokens.shape[0] * tokens.shape[1])
     pooled_size = bank_size if pooled_bank_size is None else pooled_bank_size
-    n_pooled = min(int(pooled_size), tokens.shape[0] * tokens.shape[1])
+    n_tokens = tokens.shape[0] * tokens.shape[1]
+    sizes = {"nearest": min(int(bank_size), n_tokens), "pooled": min(int(pooled_size), n_tokens)}
     head = CalibratedHead(
         parts,
         model.variant,
         spec.tokens,
         spec.channels,
-        n_bank,
+        sizes["nearest"],
         spec.height,
         spec.width,
         pool=pool,
-        pooled_bank_size=n_pooled if "pooled" in parts else 0,
+        pooled_bank_size=sizes["pooled"] if "pooled" in parts else 0,
     )
     for name, fit_x, held_x in (
         ("residual", tokens - recon, h_tokens - h_recon),
@@ -279,12 +281,10 @@ def fit_head(
             setattr(head, f"{name}_mean", mean)
             setattr(head, f"{name}_precision", precision)
             head.shrinkage[name] = shrink
-    if "nearest" in parts:
-        pooled = local_average(tokens, spec.height, spec.width, pool)
-        head.bank = memory_bank(pooled, n_bank, seed, bank_selection)
-    if "pooled" in parts:
-        pooled = local_average(tokens, spec.height, spec.width, POOLED_SIDE)
-        head.pooled_bank = memory_bank(pooled, n_pooled, seed, bank_selection)
+    for part, name in BANKS.items():
+        if part in parts:
+            averaged = local_average(tokens, spec.height, spec.width, head.side(part))
+            setattr(head, name, memory_bank(averaged, sizes[part], seed, bank_selection))
     with torch.no_grad():
         scores = head.part_scores(FODOutput(h_tokens, h_recon), h_paper)
     head.center = torch.stack([s.mean() for s in scores]).float()
@@ -294,6 +294,7 @@ def fit_head(
 
 
 __all__ = [
+    "BANKS",
     "MAP_PARTS",
     "MODEL_PARTS",
     "PARTS",
