@@ -147,11 +147,20 @@ def test_the_segmenter_context_path_exports(generated: Path, tmp_path: Path) -> 
         assert result.ok and result.batch_size == len(batch), result.summary()
 
 
-def test_the_pooled_nearest_part_exports(generated: Path, tmp_path: Path) -> None:
-    """The nearest part's local average (average pooling without the padding) exports and
-    scores like the checkpoint at the traced and other batch sizes."""
-    model = FOD(tiny_config(epochs=1, nearest_pool=3), device="cpu", progress=False).fit(generated)
-    assert model.heads is not None and [h.pool for h in model.heads] == [3, 3]
+@pytest.mark.parametrize(
+    "options",
+    [{"nearest_pool": 3}, {"head_parts": ("residual", "nearest", "pooled", "wide")}],
+    ids=["nearest_pool", "wide"],
+)
+def test_the_averaged_nearest_searches_export(generated: Path, tmp_path: Path, options) -> None:
+    """The nearest part's local average, and the wide part's 7 x 7 one (average pooling
+    without the padding, wider than the stride-16 grid here), export and score like the
+    checkpoint at the traced and other batch sizes."""
+    model = FOD(tiny_config(epochs=1, **options), device="cpu", progress=False).fit(generated)
+    assert model.heads is not None
+    assert [(h.pool, "wide" in h.parts) for h in model.heads] == [
+        (options.get("nearest_pool", 1), "head_parts" in options)
+    ] * 2
     path = export_onnx(model, tmp_path / "pooled.onnx", batch_size=2, dynamic_batch=True)
     images = load_batch(sorted((generated / "test").rglob("*.png"))[:3], S)
     for batch in (images, images[:1]):

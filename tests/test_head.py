@@ -11,7 +11,7 @@ from conftest import tiny_config
 from fod.config import ConfigError, FODConfig, legacy_config, preset_config
 from fod.errors import DataError
 from fod.model import FODOutput, FODTransformer, LevelSpec, Variant, token_scores
-from fod.scoring.head import CalibratedHead, check_parts, fit_head
+from fod.scoring.head import BANKS, CalibratedHead, check_parts, fit_head
 from fod.scoring.normality import (
     COVERAGE_ROUNDS,
     choose_shrinkage,
@@ -181,46 +181,68 @@ def test_the_pooled_nearest_part_searches_local_averages_in_a_bank_of_local_aver
     assert torch.equal(again(FODOutput(tokens, tokens)), head(FODOutput(tokens, tokens)))
 
 
-def test_the_pooled_part_searches_3x3_averages_beside_the_token_and_stays_out_of_the_image():
-    """The pooled part's bank holds the fit images' 3 x 3 averages (its own size), its score is
-    the distance of a token's average to the nearest of them (brute force), it adds to the heat
-    map beside the nearest part, and its image weight is 0."""
+@pytest.mark.parametrize(("part", "side"), [("pooled", 3), ("wide", 7)])
+def test_an_averaged_part_searches_its_averages_beside_the_token_and_stays_out_of_the_image(
+    part, side
+):
+    """The pooled (wide) part's bank holds the fit images' 3 x 3 (7 x 7) averages (its own
+    size), its score is the distance of a token's average to the nearest of them (brute
+    force), it adds to the heat map beside the nearest part, and its image weight is 0."""
     from fod.scoring.detector import weighted_image_scores
 
     model, train, held = _level()
-    head = fit_head(["nearest", "pooled"], model, train, held, 1000, pooled_bank_size=1000)
+    head = fit_head(["nearest", part], model, train, held, 1000, pooled_bank_size=1000)
+    assert head.side(part) == side and head.parts == ("nearest", part)
     fit_tokens = train.flatten(2).transpose(1, 2)
-    averages = _neighbourhood_means(fit_tokens.numpy(), 3, 4, 3).reshape(-1, 6)
-    np.testing.assert_allclose(head.pooled_bank.numpy(), averages, rtol=1e-5, atol=1e-6)
+    averages = _neighbourhood_means(fit_tokens.numpy(), 3, 4, side).reshape(-1, 6)
+    bank = getattr(head, BANKS[part])
+    np.testing.assert_allclose(bank.numpy(), averages, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(head.bank.numpy(), fit_tokens.reshape(-1, 6).numpy())
     tokens = held.flatten(2).transpose(1, 2)
-    queries = _neighbourhood_means(tokens.numpy(), 3, 4, 3)
+    queries = _neighbourhood_means(tokens.numpy(), 3, 4, side)
     want = np.linalg.norm(queries[:, :, None] - averages.reshape(1, 1, -1, 6), axis=-1).min(-1)
     out = FODOutput(tokens, tokens)
     with torch.no_grad():
-        raw, pooled = head.part_scores(out)
+        raw, averaged = head.part_scores(out)
         z = head.standardised(out)
-    np.testing.assert_allclose(pooled.numpy(), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(averaged.numpy(), want, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(raw.numpy(), nearest_distance(tokens, head.bank).numpy())
     assert torch.allclose(head(out), z.sum(1))  # the heat map sums both
     assert head.image_weight.tolist() == [[1.0, 0.0]]
-    # the image score ignores the pooled part: any values there give the same scores
+    # the image score ignores the averaged part: any values there give the same scores
     noisy = z.clone()
     noisy[:, 1] = torch.randn_like(noisy[:, 1]) * 100
     weights = [head.image_weight]
     assert torch.equal(
         weighted_image_scores([z], weights, 16), weighted_image_scores([noisy], weights, 16)
     )
-    small = fit_head(["nearest", "pooled"], model, train, held, 1000, pooled_bank_size=7)
-    assert small.pooled_bank.shape == (7, 6) and small.bank.shape == (120, 6)
+    small = fit_head(["nearest", part], model, train, held, 1000, pooled_bank_size=7)
+    assert getattr(small, BANKS[part]).shape == (7, 6) and small.bank.shape == (120, 6)
     again = CalibratedHead.from_state_dict(
-        small.state_dict(), ["nearest", "pooled"], model.variant, 3, 4
+        small.state_dict(), ["nearest", part], model.variant, 3, 4
     )
     assert torch.equal(again(out), small(out))
     with pytest.raises(ValueError, match="leave nothing for the image score"):
-        fit_head(["pooled"], model, train, held, 1000)
-    with pytest.raises(ConfigError, match="the pooled part is for the heat map only"):
-        FODConfig(head_parts=("pooled",))
+        fit_head([part], model, train, held, 1000)
+    with pytest.raises(ConfigError, match=rf"\['{part}'\] leave nothing .* for the heat map only"):
+        FODConfig(head_parts=(part,))
+
+
+def test_the_three_grains_sum_in_the_heat_map_and_share_the_averaged_bank_size():
+    """nearest, pooled and wide together: three banks (token, 3 x 3 and 7 x 7 averages), the
+    map parts' image weights 0, and a state dict that loads back to the same scores."""
+    model, train, held = _level()
+    parts = ["residual", "nearest", "pooled", "wide"]
+    head = fit_head(parts, model, train, held, 50, pooled_bank_size=20)
+    assert head.bank.shape == (50, 6) and head.pooled_bank.shape == head.wide_bank.shape == (20, 6)
+    assert not torch.allclose(head.pooled_bank, head.wide_bank)
+    assert head.image_weight.tolist() == [[1.0, 1.0, 0.0, 0.0]]
+    tokens = held.flatten(2).transpose(1, 2)
+    out = FODOutput(tokens, tokens * 0.9)
+    again = CalibratedHead.from_state_dict(head.state_dict(), parts, model.variant, 3, 4)
+    assert torch.equal(again(out), head(out))
+    with pytest.raises(ConfigError, match=r"\['pooled', 'wide'\] leave nothing"):
+        FODConfig(head_parts=("pooled", "wide"))
 
 
 def test_memory_bank_is_a_seeded_subsample_without_repeats():

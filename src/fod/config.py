@@ -65,9 +65,9 @@ TRAINING_KEYS: tuple[str, ...] = (
 #: How token scores are made: the paper's (spec section 6) or the calibrated head.
 HEADS: tuple[str, ...] = ("calibrated", "paper")
 #: Parts the calibrated head can sum (see fod.scoring.head).
-HEAD_PARTS: tuple[str, ...] = ("residual", "feature", "nearest", "pooled", "paper")
+HEAD_PARTS: tuple[str, ...] = ("residual", "feature", "nearest", "pooled", "wide", "paper")
 #: Parts of the heat map only, never of the image score (fod.scoring.head.MAP_PARTS).
-MAP_HEAD_PARTS: frozenset[str] = frozenset({"pooled"})
+MAP_HEAD_PARTS: frozenset[str] = frozenset({"pooled", "wide"})
 #: How the nearest part's memory bank picks good tokens (fod.scoring.normality.memory_bank):
 #: ``coverage`` adds the tokens farthest from a random half, ``random`` draws them all.
 BANK_SELECTIONS: tuple[str, ...] = ("coverage", "random")
@@ -230,8 +230,9 @@ class FODConfig:
         _positive_int("pooled_bank_size", self.pooled_bank_size)
         if self.head == "calibrated" and set(self.head_parts) <= MAP_HEAD_PARTS:
             raise ConfigError(
-                "head_parts ['pooled'] leave nothing for the image score (the pooled part is "
-                "for the heat map only): add residual, feature or nearest"
+                f"head_parts {list(self.head_parts)} leave nothing for the image score "
+                f"({', '.join(sorted(MAP_HEAD_PARTS))} are for the heat map only): add "
+                "residual, feature or nearest"
             )
         if self.bank_selection not in BANK_SELECTIONS:
             raise ConfigError(

@@ -205,8 +205,9 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=HEAD_PARTS,
         metavar="PART",
-        help=f"parts the calibrated head sums, from {', '.join(HEAD_PARTS)}; pooled (the "
-        "nearest search on 3 x 3 token averages) adds to the heat map only "
+        help=f"parts the calibrated head sums, from {', '.join(HEAD_PARTS)}; pooled and wide "
+        "(the nearest search on 3 x 3 and 7 x 7 token averages) add to the heat map only; add "
+        "wide for defects that are large, faint regions "
         f"(default: {' '.join(d.head_parts)})",
     )
     g.add_argument(
@@ -223,8 +224,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--pooled-bank-size",
         type=int,
-        help="good 3 x 3 token averages per level in the pooled part's memory bank (default: "
-        f"{d.pooled_bank_size})",
+        help="token averages per level in the memory bank of the pooled part, and of the wide "
+        f"part (default: {d.pooled_bank_size})",
     )
     g.add_argument(
         "--bank-selection",

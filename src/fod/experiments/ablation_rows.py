@@ -42,14 +42,16 @@ class AblationRow:
 _RN = ("residual", "nearest")
 _RFN = ("residual", "feature", "nearest")
 _RNP = ("residual", "nearest", "pooled")
+_RNPW = ("residual", "nearest", "pooled", "wide")
 #: Calibrated-head rows: (key, parts, validation, bank selection, segmenter), from the paper's
 #: score recalibrated to the default (residual + nearest, coverage bank, the synthetic
 #: validation's weightings in the image score by the default rule, the anomaly segmenter in
 #: the heat map, the pooled part in the heat map); the random-bank rows show what the coverage
 #: bank adds, the single row what the band of weightings adds over the one nearest the plain
 #: average (the default rule ``auto`` averages the band from 20 held-out images on), the
-#: pooled row what the pooled part adds to the heat map, the last two rows what the
-#: segmenter's context path and the nearest part's 3 x 3 local average (options) add.
+#: pooled row what the pooled part adds to the heat map, the last three rows what the wide
+#: part, the segmenter's context path and the nearest part's 3 x 3 local average (options)
+#: add.
 #: Validation: "none", or the synthetic one with the image rule "auto" (the default's) or
 #: "single". Segmenter: "" (none), "local" (the default's) or "context". The nearest part
 #: searches each token alone in every row but the one named ``_pooled``.
@@ -67,6 +69,7 @@ HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, str], ...] = (
     ("head_residual_nearest_validated", _RN, "auto", "coverage", ""),
     ("head_residual_nearest_validated_segmenter", _RN, "auto", "coverage", "local"),
     ("head_residual_nearest_pooled_validated_segmenter", _RNP, "auto", "coverage", "local"),
+    ("head_residual_nearest_pooled_wide_validated_segmenter", _RNPW, "auto", "coverage", "local"),
     ("head_residual_nearest_validated_segmenter_context", _RN, "auto", "coverage", "context"),
     ("head_residual_nearest_validated_segmenter_pooled", _RN, "auto", "coverage", "local"),
 )

@@ -20,6 +20,9 @@ a nearest-patch distance of a training image to a bank that holds it is zero):
   a defect smaller than its square, so it is a heat-map part (:data:`MAP_PARTS`): it adds
   to the map beside the token's own search and never enters the image score, a maximum
   that one diluted small defect would lower;
+- ``wide``: the same search on :data:`WIDE_SIDE` x :data:`WIDE_SIDE` averages (56 pixels at
+  stride 8, 112 at stride 16, at input 256), a heat-map part for defects that are large,
+  faint regions; not in the default head, since it blurs small defects further;
 - ``paper``: the paper's token score for the model's variant.
 
 Standardising each part makes them addable and the levels comparable (the heat map averages
@@ -52,17 +55,23 @@ from fod.scoring.normality import (
 )
 
 #: The parts a calibrated head can sum, in a fixed order.
-PARTS = ("residual", "feature", "nearest", "pooled", "paper")
+PARTS = ("residual", "feature", "nearest", "pooled", "wide", "paper")
 #: Parts that need the transformer's output (the others use the features alone).
 MODEL_PARTS = frozenset({"residual", "paper"})
 #: Parts of the heat map only: their image weight is always 0 (defined beside the config's
 #: parts, which refuses a head of heat-map parts alone before any training).
 MAP_PARTS = MAP_HEAD_PARTS
 #: The parts that search a memory bank, and the name of each one's bank buffer.
-BANKS = {"nearest": "bank", "pooled": "pooled_bank"}
+BANKS = {"nearest": "bank", "pooled": "pooled_bank", "wide": "wide_bank"}
 #: Side of the square of tokens the ``pooled`` part averages: the smallest square beyond the
 #: token itself (3 tokens span 24 pixels at stride 8, 48 at stride 16; not tuned).
 POOLED_SIDE = 3
+#: Side of the square of tokens the ``wide`` part averages (a region of a fifth to two
+#: fifths of the image side at input 256; not tuned: 5 and 7 measured, 7 kept for its
+#: larger gain on large defects).
+WIDE_SIDE = 7
+#: The sides of the averaging parts, which share one bank size (``pooled_bank_size``).
+AVERAGED_SIDES = {"pooled": POOLED_SIDE, "wide": WIDE_SIDE}
 
 
 def check_parts(parts: Sequence[str]) -> tuple[str, ...]:
@@ -114,7 +123,7 @@ class CalibratedHead(nn.Module):
             if name in self.parts:
                 self.register_buffer(f"{name}_mean", torch.zeros(tokens, channels))
                 self.register_buffer(f"{name}_precision", torch.zeros(tokens, channels, channels))
-        sizes = {"nearest": bank_size, "pooled": pooled_bank_size}
+        sizes = {"nearest": bank_size, **dict.fromkeys(AVERAGED_SIDES, pooled_bank_size)}
         for part, name in BANKS.items():
             if part in self.parts:
                 if sizes[part] < 1:
@@ -133,7 +142,7 @@ class CalibratedHead(nn.Module):
 
     def side(self, part: str) -> int:
         """Side of the square of tokens a bank part (:data:`BANKS`) averages before its search."""
-        return self.pool if part == "nearest" else POOLED_SIDE
+        return self.pool if part == "nearest" else AVERAGED_SIDES[part]
 
     @property
     def needs_model(self) -> bool:
@@ -186,6 +195,7 @@ class CalibratedHead(nn.Module):
         source = state.get("residual_mean", state.get("feature_mean"))
         channels = int(source.shape[1]) if source is not None else int(state["bank"].shape[1])
         banks = {part: int(state[n].shape[0]) if n in state else 0 for part, n in BANKS.items()}
+        averaged = max(banks[part] for part in AVERAGED_SIDES)
         weight = state.get("image_weight")
         if weight is None:  # files from before the image weights: plain average
             weight = image_part_mask(parts).unsqueeze(0)
@@ -202,7 +212,7 @@ class CalibratedHead(nn.Module):
             width,
             len(weight),
             pool,
-            banks["pooled"],
+            averaged,
         )
         head.load_state_dict(state, strict=True)
         return head.eval()
@@ -245,8 +255,9 @@ def fit_head(
     trained on), centre and scale of each part on ``holdout_features`` (good images neither
     the transformer nor the statistics have seen); ``bank_selection`` as
     :func:`~fod.scoring.normality.memory_bank`, ``pool`` as
-    :func:`~fod.scoring.normality.local_average` for the nearest part; the pooled part's bank
-    holds ``pooled_bank_size`` tokens (None: ``bank_size``)."""
+    :func:`~fod.scoring.normality.local_average` for the nearest part; the banks of the
+    averaging parts (:data:`AVERAGED_SIDES`) hold ``pooled_bank_size`` tokens each (None:
+    ``bank_size``)."""
     parts = check_parts(parts)
     if holdout_features.shape[0] < 1:
         raise ValueError("the head needs at least one held-out good image to calibrate on")
@@ -259,7 +270,10 @@ def fit_head(
     )
     pooled_size = bank_size if pooled_bank_size is None else pooled_bank_size
     n_tokens = tokens.shape[0] * tokens.shape[1]
-    sizes = {"nearest": min(int(bank_size), n_tokens), "pooled": min(int(pooled_size), n_tokens)}
+    sizes = {
+        "nearest": min(int(bank_size), n_tokens),
+        **dict.fromkeys(AVERAGED_SIDES, min(int(pooled_size), n_tokens)),
+    }
     head = CalibratedHead(
         parts,
         model.variant,
@@ -269,7 +283,7 @@ def fit_head(
         spec.height,
         spec.width,
         pool=pool,
-        pooled_bank_size=sizes["pooled"] if "pooled" in parts else 0,
+        pooled_bank_size=sizes["pooled"] if set(AVERAGED_SIDES) & set(parts) else 0,
     )
     for name, fit_x, held_x in (
         ("residual", tokens - recon, h_tokens - h_recon),
@@ -294,11 +308,13 @@ def fit_head(
 
 
 __all__ = [
+    "AVERAGED_SIDES",
     "BANKS",
     "MAP_PARTS",
     "MODEL_PARTS",
     "PARTS",
     "POOLED_SIDE",
+    "WIDE_SIDE",
     "CalibratedHead",
     "check_parts",
     "fit_head",
