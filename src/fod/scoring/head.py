@@ -135,10 +135,10 @@ class CalibratedHead(nn.Module):
         self.register_buffer("scale", torch.ones(len(self.parts)))
         if weightings < 1:
             raise ValueError(f"the image score needs at least one weighting, got {weightings}")
-        if not any(p not in MAP_PARTS for p in self.parts):
+        mask = image_part_mask(self.parts)
+        if not mask.any():
             raise ValueError(f"head parts {list(self.parts)} leave nothing for the image score")
-        weight = image_part_mask(self.parts).expand(int(weightings), -1).clone()
-        self.register_buffer("image_weight", weight)
+        self.register_buffer("image_weight", mask.expand(int(weightings), -1).clone())
 
     def side(self, part: str) -> int:
         """Side of the square of tokens a bank part (:data:`BANKS`) averages before its search."""
@@ -270,20 +270,16 @@ def fit_head(
     )
     pooled_size = bank_size if pooled_bank_size is None else pooled_bank_size
     n_tokens = tokens.shape[0] * tokens.shape[1]
-    sizes = {
-        "nearest": min(int(bank_size), n_tokens),
-        **dict.fromkeys(AVERAGED_SIDES, min(int(pooled_size), n_tokens)),
-    }
-    head = CalibratedHead(
+    head = CalibratedHead(  # a bank holds at most every fit token; sizes of absent parts unused
         parts,
         model.variant,
         spec.tokens,
         spec.channels,
-        sizes["nearest"],
+        min(int(bank_size), n_tokens),
         spec.height,
         spec.width,
         pool=pool,
-        pooled_bank_size=sizes["pooled"] if set(AVERAGED_SIDES) & set(parts) else 0,
+        pooled_bank_size=min(int(pooled_size), n_tokens),
     )
     for name, fit_x, held_x in (
         ("residual", tokens - recon, h_tokens - h_recon),
@@ -298,7 +294,8 @@ def fit_head(
     for part, name in BANKS.items():
         if part in parts:
             averaged = local_average(tokens, spec.height, spec.width, head.side(part))
-            setattr(head, name, memory_bank(averaged, sizes[part], seed, bank_selection))
+            size = getattr(head, name).shape[0]  # the size the head was built with
+            setattr(head, name, memory_bank(averaged, size, seed, bank_selection))
     with torch.no_grad():
         scores = head.part_scores(FODOutput(h_tokens, h_recon), h_paper)
     head.center = torch.stack([s.mean() for s in scores]).float()
