@@ -19,12 +19,14 @@ ROWS = ["patch", "intra_noent_div", "inter_coreset", "full", "head_nearest_rando
         "head_feature_nearest", "head_residual_nearest", "head_residual_nearest_validated_single",
         "head_residual_nearest_validated", "head_residual_nearest_validated_segmenter",
         "head_residual_nearest_pooled_validated_segmenter",
+        "head_residual_nearest_pooled_validated_segmenter_anywhere",
         "head_residual_nearest_pooled_wide_validated_segmenter",
         "head_residual_nearest_validated_segmenter_pooled"]  # fmt: skip
 VALIDATED, SINGLE = "head_residual_nearest_validated", "head_residual_nearest_validated_single"
 SEGMENTED = "head_residual_nearest_validated_segmenter"
 TWO_GRAINS = "head_residual_nearest_pooled_validated_segmenter"
 THREE_GRAINS = "head_residual_nearest_pooled_wide_validated_segmenter"
+ANYWHERE = "head_residual_nearest_pooled_validated_segmenter_anywhere"
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,7 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
         table = list(csv.DictReader(f))
     assert [r["views"] for r in table] == ["patch-wise", "intra", "inter"] + [
         "patch + intra + inter"
-    ] * 10
+    ] * 11
     assert float(table[3]["image_auroc"]) == pytest.approx(report["rows"][3]["image_auroc"])
     assert float(table[3]["paper_mvtec"]) == 0.992
     # paper rows: the paper's head on every image; head rows: the parts they name, calibrated
@@ -110,6 +112,13 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
     two_row, segmented_row = rows[TWO_GRAINS], rows[SEGMENTED]
     assert two_row["image_auroc"] == pytest.approx(segmented_row["image_auroc"], abs=1e-9)
     assert two_row["aupro"] != pytest.approx(segmented_row["aupro"], abs=1e-9)
+    # anomalies anywhere: the validation's placement alone differs, so the same heat maps
+    anywhere = json.loads((out / "rows" / f"{ANYWHERE}.json").read_text())
+    assert two["config"]["anomaly_placement"] == "content"
+    assert anywhere["config"] == {**two["config"], "anomaly_placement": "anywhere"}
+    assert anywhere["record"]["score"] == f"{two['record']['score']}, anomalies anywhere"
+    for key in ("pixel_auroc", "aupro"):
+        assert rows[ANYWHERE][key] == pytest.approx(two_row[key], abs=1e-9)
     # the wide part (an option) adds to the default's heat map only
     three = json.loads((out / "rows" / f"{THREE_GRAINS}.json").read_text())
     assert three["config"] == {

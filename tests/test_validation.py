@@ -15,12 +15,17 @@ from scipy.ndimage import gaussian_filter
 
 from fod.config import FODConfig, legacy_config
 from fod.data.anomalies import (
+    CONTENT_SHARE,
     KINDS,
     MAX_AREA,
+    MIN_AREA,
     MIN_CHANGE,
+    PLACEMENTS,
     add_anomaly,
     anomaly_region,
+    content_mask,
     perlin_noise,
+    placed_region,
     synthetic_anomalies,
 )
 from fod.scoring.detector import weighted_image_scores, weighting_maxima
@@ -110,6 +115,64 @@ def test_synthetic_anomalies_are_seeded_and_cycle_through_kinds():
     _, wide, _ = synthetic_anomalies(images, 12, seed=5, max_area=0.5)
     for i in range(12):  # a region of at most half the image; changed pixels lie inside it
         assert 0 < float(wide[i].float().mean()) <= 0.5 + 1e-9
+
+
+def _object_on_plain_ground(n: int = 3, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """Grey images with a textured square (the product) at a different place in each."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.full((n, 3, size, size), 0.5)
+    for i in range(n):
+        y, x = 6 + 9 * i, 30 - 8 * i
+        images[i, :, y : y + 24, x : x + 24] = torch.rand(3, 24, 24, generator=g)
+    return images
+
+
+def test_content_mask_matches_a_loop_over_windows():
+    rng = np.random.default_rng(0)
+    image = np.full((3, 32, 40), 0.5)
+    image[:, 8:20, 10:30] = rng.random((3, 12, 20))
+    image[:, 24:28, 2:6] += 0.05 * rng.random((3, 4, 4))  # faint texture: below the share
+    grey = image.mean(axis=0)
+    side = 3  # 9 pixels at input 256, scaled to 40 pixels and kept odd and at least 3
+    padded = np.pad(grey, side // 2, mode="symmetric")
+    spread = np.empty_like(grey)
+    for y, x in itertools.product(range(grey.shape[0]), range(grey.shape[1])):
+        spread[y, x] = padded[y : y + side, x : x + side].std()
+    want = spread > CONTENT_SHARE * np.quantile(spread, 0.95)
+    got = content_mask(image)
+    np.testing.assert_array_equal(got, want)
+    assert got[10:18, 12:28].all() and not got[24:28, 2:6].any() and not got[:5].any()
+    assert content_mask(np.full((3, 16, 16), 0.3)).all()  # flat: texture everywhere
+
+
+def test_content_placement_keeps_anomalies_on_the_product():
+    images = _object_on_plain_ground()
+    product = [content_mask(im.numpy()) for im in images]
+    _, masks, _ = synthetic_anomalies(images, 24, seed=1, placement="content")
+    for i, mask in enumerate(masks.numpy()):
+        assert mask.mean() >= MIN_AREA / 4 and not (mask & ~product[i % 3]).any()
+    _, anywhere, _ = synthetic_anomalies(images, 24, seed=1, placement="anywhere")
+    outside = [(m & ~product[i % 3]).mean() for i, m in enumerate(anywhere.numpy())]
+    assert np.mean(outside) > 0.01  # the whole image: most of it is plain ground
+    assert sum(p > 0 for p in outside) >= 12
+    with pytest.raises(ValueError, match="placement must be one of content, anywhere"):
+        synthetic_anomalies(images, 2, placement="object")
+    assert PLACEMENTS == ("content", "anywhere")
+
+
+def test_placed_regions_are_cut_to_the_allowed_pixels_or_drawn_whole():
+    allowed = np.zeros((64, 64), dtype=bool)
+    allowed[16:48, 16:48] = True
+    for seed in range(10):
+        region = placed_region(64, 64, np.random.default_rng(seed), allowed=allowed)
+        assert region.mean() >= MIN_AREA and not (region & ~allowed).any()
+        # without a cut, the same generator draws the same first region as anomaly_region
+        plain = placed_region(64, 64, np.random.default_rng(seed))
+        np.testing.assert_array_equal(plain, anomaly_region(64, 64, np.random.default_rng(seed)))
+    speck = np.zeros((64, 64), dtype=bool)
+    speck[0, 0] = True  # too little room: the last draw, uncut
+    region = placed_region(64, 64, np.random.default_rng(0), allowed=speck)
+    assert region.mean() >= MIN_AREA and (region & ~speck).any()
 
 
 def test_weight_grid_is_every_step_weighting_summing_to_one():
@@ -356,6 +419,7 @@ def test_fit_validates_on_synthetic_anomalies_and_saves_the_weights(generated, t
     model = FOD(tiny_config(image_rule=asked), device="cpu", progress=False).fit(generated)
     report = model.stats["validation"]
     assert report["anomalies"] >= 64 and sum(report["kinds"].values()) == report["anomalies"]
+    assert report["placement"] == model.config.anomaly_placement == "content"
     assert report["good_images"] == model.stats["num_holdout"]
     rule = asked if asked != "auto" else ("band" if report["good_images"] >= 20 else "single")
     assert (report["image_rule"], report["image_rule_asked"]) == (rule, asked)
@@ -410,6 +474,10 @@ def test_validation_settings_presets_and_legacy_heads():
         FODConfig(validation="test")
     with pytest.raises(ValueError, match="image_rule must be one of auto, band, single"):
         FODConfig(image_rule="best")
+    assert FODConfig().anomaly_placement == "content"
+    assert legacy_config({"head": "calibrated"})["anomaly_placement"] == "anywhere"
+    with pytest.raises(ValueError, match="anomaly_placement must be one of content, anywhere"):
+        FODConfig(anomaly_placement="object")
     head = CalibratedHead(("feature",), FODConfig().variant, 4, 3, 0, 2, 2)
     state = {k: v for k, v in head.state_dict().items() if k != "image_weight"}
     loaded = CalibratedHead.from_state_dict(state, ("feature",), FODConfig().variant, 2, 2)
@@ -465,10 +533,15 @@ def test_cli_train_reports_the_validation_and_can_skip_it(generated, tmp_path, c
     first = kept[0]
     listed = f"{' + '.join(first['parts'])} at {' / '.join(f'{x:g}' for x in first['levels'])}"
     assert listed in printed
+    assert "anomalies on the held-out images (where they have texture); " in printed
     args = ["train", str(generated), "--out", str(out), "--force", "--image-rule", "single"]
-    assert main([*args, *tiny_args()]) == 0
-    assert "image score one weighting of parts and levels" in capsys.readouterr().out
-    assert FOD.load(out, device="cpu").config.image_rule == "single"
+    assert main([*args, "--anomaly-placement", "anywhere", *tiny_args()]) == 0
+    printed = capsys.readouterr().out
+    assert "image score one weighting of parts and levels" in printed
+    assert "anomalies on the held-out images (anywhere on them); " in printed
+    loaded = FOD.load(out, device="cpu")
+    assert loaded.config.image_rule == "single"
+    assert loaded.config.anomaly_placement == loaded.stats["validation"]["placement"] == "anywhere"
     args = ["train", str(generated), "--out", str(out), "--force", "--validation", "none"]
     pooled = ["--bank-selection", "random", "--nearest-pool", "3"]
     assert main([*args, *pooled, *tiny_args()]) == 0

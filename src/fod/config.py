@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from fod.data.anomalies import PLACEMENTS
 from fod.errors import FODError, option
 from fod.model.variant import Variant
 
@@ -81,6 +82,9 @@ VALIDATIONS: tuple[str, ...] = ("synthetic", "none")
 #: them nearest the plain average; ``auto`` is ``band`` with enough held-out images to rank
 #: the weightings and ``single`` below (fod.training.validation.BAND_MIN_HELDOUT).
 IMAGE_RULES: tuple[str, ...] = ("auto", "band", "single")
+#: Where the synthetic validation's anomalies fall (fod.data.anomalies.PLACEMENTS):
+#: ``content`` only where the held-out image has texture, ``anywhere`` the whole image.
+ANOMALY_PLACEMENTS: tuple[str, ...] = PLACEMENTS
 #: Smallest image side: the stride-16 level needs at least 2 x 2 tokens.
 MIN_IMAGE_SIZE = 32
 #: Images per forward pass where no gradient flows (backbone features, scoring of features):
@@ -145,6 +149,7 @@ class FODConfig:
     nearest_pool: int = 1
     validation: str = "synthetic"
     image_rule: str = "auto"
+    anomaly_placement: str = "content"
     segmenter: bool = True
     segmenter_context: bool = False
 
@@ -251,6 +256,11 @@ class FODConfig:
         if self.image_rule not in IMAGE_RULES:
             raise ConfigError(
                 f"image_rule must be one of {', '.join(IMAGE_RULES)}, got {self.image_rule!r}"
+            )
+        if self.anomaly_placement not in ANOMALY_PLACEMENTS:
+            raise ConfigError(
+                f"anomaly_placement must be one of {', '.join(ANOMALY_PLACEMENTS)}, "
+                f"got {self.anomaly_placement!r}"
             )
         if not isinstance(self.segmenter, bool):
             raise ConfigError(f"segmenter must be true or false, got {self.segmenter!r}")
@@ -365,7 +375,8 @@ def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     values every model had then (the paper's head, no held-out images); one from before the
     synthetic validation had none, and one from before the coverage bank drew its bank at
     random; none before the anomaly segmenter had one, and a segmenter before its context
-    path had none; a validation before the band rule kept a single weighting; a nearest part
+    path had none; a validation before the band rule kept a single weighting, and one before
+    the placement on content put its anomalies anywhere; a nearest part
     before the local average searched each token alone."""
     out = dict(data)
     if "head" not in out:
@@ -376,6 +387,7 @@ def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     out.setdefault("segmenter", False)
     out.setdefault("segmenter_context", False)
     out.setdefault("image_rule", "single")
+    out.setdefault("anomaly_placement", "anywhere")
     out.setdefault("nearest_pool", 1)
     return out
 
@@ -431,6 +443,7 @@ def _refuse_unknown(keys: Iterable[Any], known: Sequence[str], what: str, listin
 
 
 __all__ = [
+    "ANOMALY_PLACEMENTS",
     "BANK_SELECTIONS",
     "HEADS",
     "HEAD_PARTS",

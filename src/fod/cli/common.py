@@ -48,6 +48,7 @@ _CONFIG_OPTIONS = {
     "nearest_pool": "nearest_pool",
     "validation": "validation",
     "image_rule": "image_rule",
+    "anomaly_placement": "anomaly_placement",
     "segmenter": "segmenter",
     "segmenter_context": "segmenter_context",
 }
@@ -116,6 +117,7 @@ def add_quiet_option(parser: argparse.ArgumentParser) -> None:
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     """Preset, backbone, model, variant, head and training options (defaults: the preset's)."""
     from fod.config import (
+        ANOMALY_PLACEMENTS,
         BANK_SELECTIONS,
         HEAD_PARTS,
         HEADS,
@@ -255,6 +257,13 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         "synthetic validation cannot tell from the best (each over its spread on held-out "
         "good images); single: the one of them nearest the plain average; auto: band from "
         f"{BAND_MIN_HELDOUT} held-out images on, single below (default: {d.image_rule})",
+    )
+    g.add_argument(
+        "--anomaly-placement",
+        choices=ANOMALY_PLACEMENTS,
+        help="where the synthetic validation's anomalies fall: content, only where the held-out "
+        "image has texture (on the product, not on a plain background); anywhere, the whole "
+        f"image (default: {d.anomaly_placement})",
     )
     g.add_argument(
         "--segmenter",

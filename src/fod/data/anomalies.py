@@ -13,6 +13,10 @@ The mask is exactly the set of pixels that changed by more than :data:`MIN_CHANG
 channel, so a validation metric computed on it is honest to the pixel. Everything is drawn
 from one seeded generator: the same seed gives the same anomalies on every machine.
 
+Placed ``content`` (:data:`PLACEMENTS`), an anomaly falls only where its image has texture
+(:func:`content_mask`): real defects sit on the product, and an anomaly on the plain
+background around an object is found by every score alike, so it cannot tell scores apart.
+
 >>> images, masks = synthetic_anomalies(good, count=64, seed=0)  # good: (N, 3, S, S) in [0, 1]
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.ndimage import uniform_filter
 from torch import Tensor
 
 #: The kinds of synthetic anomaly, drawn in turn.
@@ -30,6 +35,14 @@ MIN_CHANGE = 2.0 / 255.0
 MIN_AREA, MAX_AREA = 0.004, 0.12
 #: Draws of a region before giving up on the area bounds.
 MAX_TRIES = 20
+#: Where an anomaly may fall: ``content``, only where the image has texture
+#: (:func:`content_mask`); ``anywhere``, the whole image.
+PLACEMENTS = ("content", "anywhere")
+#: A pixel has texture where the standard deviation of the grey values around it is more than
+#: this share of the image's 95th percentile of that deviation ...
+CONTENT_SHARE = 0.2
+#: ... taken over a square of this side at input 256 (scaled with the image, kept odd).
+CONTENT_WINDOW = 9
 
 
 def perlin_noise(
@@ -90,6 +103,43 @@ def anomaly_region(
     return region
 
 
+def content_mask(image: np.ndarray) -> np.ndarray:
+    """(H, W) boolean: where ``image`` (3, H, W) has texture, i.e. the local standard deviation
+    of its grey values exceeds :data:`CONTENT_SHARE` of its 95th percentile. A plain background
+    has none; a texture filling the image has it nearly everywhere; a flat image counts as
+    texture everywhere, so that anomalies can still be placed on it."""
+    grey = np.asarray(image, dtype=np.float64).mean(axis=0)
+    side = max(3, round(CONTENT_WINDOW * grey.shape[1] / 256) | 1)
+    mean = uniform_filter(grey, side)
+    spread = np.sqrt(np.clip(uniform_filter(grey * grey, side) - mean * mean, 0.0, None))
+    level = CONTENT_SHARE * np.quantile(spread, 0.95)
+    if level <= 0.0:
+        return np.ones(grey.shape, dtype=bool)
+    return spread > level
+
+
+def placed_region(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    max_area: float = MAX_AREA,
+    allowed: np.ndarray | None = None,
+) -> np.ndarray:
+    """An :func:`anomaly_region` cut to the ``allowed`` pixels: drawn again (up to
+    :data:`MAX_TRIES` times) until the cut keeps at least :data:`MIN_AREA` of the image; the
+    last draw uncut when none does (an image with too little texture)."""
+    region = anomaly_region(height, width, rng, max_area)
+    if allowed is None:
+        return region
+    for attempt in range(MAX_TRIES):
+        if attempt:
+            region = anomaly_region(height, width, rng, max_area)
+        kept = region & allowed
+        if kept.mean() >= MIN_AREA:
+            return kept
+    return region
+
+
 def _source(
     kind: str, image: np.ndarray, other: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
@@ -120,15 +170,17 @@ def add_anomaly(
     kind: str,
     rng: np.random.Generator,
     max_area: float = MAX_AREA,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One anomaly of ``kind`` on ``image`` (3, H, W) in [0, 1], covering at most ``max_area``
-    of it; ``other`` is a second good image (the ``paste`` source). Returns the new image and
-    its mask: the pixels that changed by more than :data:`MIN_CHANGE` in some channel."""
+    of it and, where ``allowed`` (H, W) is given, only its pixels (:func:`placed_region`);
+    ``other`` is a second good image (the ``paste`` source). Returns the new image and its
+    mask: the pixels that changed by more than :data:`MIN_CHANGE` in some channel."""
     if kind not in KINDS:
         raise ValueError(f"anomaly kind must be one of {', '.join(KINDS)}, got {kind!r}")
     image = np.asarray(image, dtype=np.float32)
     _, h, w = image.shape
-    region = anomaly_region(h, w, rng, max_area)
+    region = placed_region(h, w, rng, max_area, allowed)
     opacity = rng.uniform(0.6, 1.0)
     src = np.clip(_source(kind, image, np.asarray(other, dtype=np.float32), rng), 0.0, 1.0)
     out = image.copy()
@@ -140,25 +192,34 @@ def add_anomaly(
 
 
 def synthetic_anomalies(
-    images: Tensor, count: int, seed: int = 0, max_area: float = MAX_AREA
+    images: Tensor,
+    count: int,
+    seed: int = 0,
+    max_area: float = MAX_AREA,
+    placement: str = "anywhere",
 ) -> tuple[Tensor, Tensor, list[str]]:
     """``count`` anomalous images made from good ``images`` (N, 3, S, S) in [0, 1], cycling
     through the images and through :data:`KINDS`, each anomaly covering at most ``max_area``
-    of its image. Returns the images, their (count, S, S) boolean masks and each one's kind.
-    An anomaly that changed too few pixels (a ``tone`` change on a flat black area) is drawn
-    again, up to :data:`MAX_TRIES` times."""
+    of its image, placed by ``placement`` (:data:`PLACEMENTS`). Returns the images, their
+    (count, S, S) boolean masks and each one's kind. An anomaly that changed too few pixels
+    (a ``tone`` change on a flat black area) is drawn again, up to :data:`MAX_TRIES` times."""
     n = int(images.shape[0])
     if n < 1 or count < 1:
         raise ValueError(f"need at least one good image and count >= 1, got {n} and {count}")
+    if placement not in PLACEMENTS:
+        raise ValueError(
+            f"anomaly placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}"
+        )
     rng = np.random.default_rng(int(seed))
     arrays = images.detach().cpu().float().numpy()
+    allowed = [content_mask(a) if placement == "content" else None for a in arrays]
     out, masks, kinds = [], [], []
     for i in range(count):
         k = i % n
         for attempt in range(MAX_TRIES):
             kind = KINDS[(i + attempt) % len(KINDS)]
             other = arrays[int(rng.integers(n))] if n > 1 else arrays[k]
-            img, mask = add_anomaly(arrays[k], other, kind, rng, max_area)
+            img, mask = add_anomaly(arrays[k], other, kind, rng, max_area, allowed[k])
             if mask.mean() >= MIN_AREA / 4:
                 break
         out.append(img)
@@ -170,8 +231,11 @@ def synthetic_anomalies(
 __all__ = [
     "KINDS",
     "MIN_CHANGE",
+    "PLACEMENTS",
     "add_anomaly",
     "anomaly_region",
+    "content_mask",
     "perlin_noise",
+    "placed_region",
     "synthetic_anomalies",
 ]

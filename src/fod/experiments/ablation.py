@@ -129,6 +129,7 @@ def run_ablation(
                 segmenter=row.segmenter,
                 segmenter_context=row.segmenter_context,
                 nearest_pool=row.nearest_pool,
+                anomaly_placement=row.anomaly_placement,
             )
         result_path = out / "rows" / f"{row.key}.json"
         head = f"[{index}/{len(chosen)}] {row.key} ({row.views}, {row.score})"

@@ -8,7 +8,8 @@ MVTec 3D-AD RGB / mean) is kept beside each row for the report. The head rows sh
 model trained on the fit split of the good images and differ only in the parts their head
 sums (``head_parts``), calibrated on the held-out split; the last four add the anomaly
 segmenter to the heat map: with the pooled part in the heat map (the default), with the
-segmenter's context path, and with the nearest part on local averages of 3 x 3 tokens.
+segmenter's context path, and with the nearest part on local averages of 3 x 3 tokens; one
+more puts the validation's synthetic anomalies anywhere on the image instead of on content.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class AblationRow:
     segmenter: bool = False
     segmenter_context: bool = False
     nearest_pool: int = 1
+    anomaly_placement: str = "content"
 
 
 _RN = ("residual", "nearest")
@@ -51,7 +53,7 @@ _RNPW = ("residual", "nearest", "pooled", "wide")
 #: average (the default rule ``auto`` averages the band from 20 held-out images on), the
 #: pooled row what the pooled part adds to the heat map, the last three rows what the wide
 #: part, the segmenter's context path and the nearest part's 3 x 3 local average (options)
-#: add.
+#: add; the row ending ``_anywhere`` what placing the validation's anomalies on content adds.
 #: Validation: "none", or the synthetic one with the image rule "auto" (the default's) or
 #: "single". Segmenter: "" (none), "local" (the default's) or "context". The nearest part
 #: searches each token alone in every row but the one named ``_pooled``.
@@ -69,6 +71,13 @@ HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, str], ...] = (
     ("head_residual_nearest_validated", _RN, "auto", "coverage", ""),
     ("head_residual_nearest_validated_segmenter", _RN, "auto", "coverage", "local"),
     ("head_residual_nearest_pooled_validated_segmenter", _RNP, "auto", "coverage", "local"),
+    (
+        "head_residual_nearest_pooled_validated_segmenter_anywhere",
+        _RNP,
+        "auto",
+        "coverage",
+        "local",
+    ),
     ("head_residual_nearest_pooled_wide_validated_segmenter", _RNPW, "auto", "coverage", "local"),
     ("head_residual_nearest_validated_segmenter_context", _RN, "auto", "coverage", "context"),
     ("head_residual_nearest_validated_segmenter_pooled", _RN, "auto", "coverage", "local"),
@@ -76,6 +85,8 @@ HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, str], ...] = (
 #: The rows whose nearest part averages 3 x 3 tokens (config ``nearest_pool``).
 POOLED_ROWS = frozenset({"head_residual_nearest_validated_segmenter_pooled"})
 POOL = 3
+#: The rows whose validation puts its anomalies anywhere on the image (the default: on content).
+ANYWHERE_ROWS = frozenset({"head_residual_nearest_pooled_validated_segmenter_anywhere"})
 
 
 def _pool(key: str) -> int:
@@ -83,8 +94,19 @@ def _pool(key: str) -> int:
     return POOL if key in POOLED_ROWS else 1
 
 
+def _placement(key: str) -> str:
+    """The row's ``anomaly_placement``: ``anywhere`` for :data:`ANYWHERE_ROWS`, else
+    ``content`` (the default)."""
+    return "anywhere" if key in ANYWHERE_ROWS else "content"
+
+
 def _head_score(
-    parts: tuple[str, ...], validation: str, bank_selection: str, segmenter: str, pool: int = 1
+    parts: tuple[str, ...],
+    validation: str,
+    bank_selection: str,
+    segmenter: str,
+    pool: int = 1,
+    placement: str = "content",
 ) -> str:
     text = "calibrated " + " + ".join(parts)
     if "nearest" in parts and bank_selection != "coverage":
@@ -94,7 +116,8 @@ def _head_score(
     ]
     kind = {"": "", "local": ", segmenter", "context": ", segmenter with context"}[segmenter]
     pooled = f", nearest on {pool} x {pool} averages" if pool > 1 else ""
-    return text + kind + pooled
+    anywhere = ", anomalies anywhere" if placement == "anywhere" and validation != "none" else ""
+    return text + kind + pooled + anywhere
 
 
 def head_rows() -> list[AblationRow]:
@@ -105,7 +128,7 @@ def head_rows() -> list[AblationRow]:
             "patch + intra + inter",
             "with",
             "mean",
-            _head_score(parts, validation, bank, segmenter, _pool(key)),
+            _head_score(parts, validation, bank, segmenter, _pool(key), _placement(key)),
             Variant(),
             None,
             None,
@@ -118,6 +141,7 @@ def head_rows() -> list[AblationRow]:
             bool(segmenter),
             segmenter == "context",
             _pool(key),
+            _placement(key),
         )
         for key, parts, validation, bank, segmenter in HEAD_ROWS
     ]

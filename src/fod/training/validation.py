@@ -258,6 +258,7 @@ def validate(
     sigma: float = DEFAULT_SIGMA,
     rule: str = "auto",
     good_scores: Sequence[Tensor] | None = None,
+    placement: str = "content",
 ) -> dict[str, Any]:
     """Set each head's ``image_weight`` from synthetic anomalies on ``good_images`` (the
     held-out images, (N, 3, S, S) in [0, 1], with their backbone ``good_features``) by
@@ -266,12 +267,13 @@ def validate(
     combination of level weights and parts, the weightings kept (``image_weightings``:
     levels, parts, synthetic AUROC and the spread each is divided by), the synthetic pixel
     AUROC of the heat map and the separating threshold. ``good_scores``: the
-    :func:`token_scores` of ``good_features`` where the caller has them."""
+    :func:`token_scores` of ``good_features`` where the caller has them; ``placement``: where
+    the anomalies fall (:data:`fod.data.anomalies.PLACEMENTS`)."""
     n = int(good_images.shape[0])
     asked, rule = rule, resolve_rule(rule, n)
     device = torch.device(device)
     count = max(MIN_ANOMALIES, PER_IMAGE * n)
-    images, masks, kinds = synthetic_anomalies(good_images, count, seed)
+    images, masks, kinds = synthetic_anomalies(good_images, count, seed, placement=placement)
     good = (
         list(good_scores)
         if good_scores is not None
@@ -296,6 +298,7 @@ def validate(
     return {
         "good_images": n,
         "anomalies": count,
+        "placement": placement,
         "kinds": dict(Counter(kinds)),
         "image_rule": rule,
         "image_rule_asked": asked,
@@ -334,6 +337,7 @@ def validate_samples(
         device,
         rule=config.image_rule,
         good_scores=good_scores,
+        placement=config.anomaly_placement,
     )
     report["seconds"] = time.perf_counter() - start
     return report

@@ -131,8 +131,10 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
         )
         if report.get("image_rule_asked") == "auto":
             how += f", rule auto with {report['good_images']} held-out images"
+        where = {"content": " (where they have texture)", "anywhere": " (anywhere on them)"}
         print(
-            f"synthetic validation: {report['anomalies']} anomalies on the held-out images; "
+            f"synthetic validation: {report['anomalies']} anomalies on the held-out images"
+            f"{where.get(report.get('placement'), '')}; "
             f"image score {how} ({listed}; synthetic image AUROC {report['image_auroc']:.3f}; "
             f"the heads' heat map {report['pixel_auroc']:.3f} pixel AUROC), "
             f"{report['seconds']:.1f} s"
