@@ -37,7 +37,7 @@ MIN_AREA, MAX_AREA = 0.004, 0.12
 MAX_TRIES = 20
 #: Where an anomaly may fall: ``content``, only where the image has texture
 #: (:func:`content_mask`); ``anywhere``, the whole image.
-PLACEMENTS = ("content", "anywhere")
+PLACEMENTS: tuple[str, ...] = ("content", "anywhere")
 #: A pixel has texture where the standard deviation of the grey values around it is more than
 #: this share of the image's 95th percentile of that deviation ...
 CONTENT_SHARE = 0.2
@@ -107,7 +107,9 @@ def content_mask(image: np.ndarray) -> np.ndarray:
     """(H, W) boolean: where ``image`` (3, H, W) has texture, i.e. the local standard deviation
     of its grey values exceeds :data:`CONTENT_SHARE` of its 95th percentile. A plain background
     has none; a texture filling the image has it nearly everywhere; a flat image counts as
-    texture everywhere, so that anomalies can still be placed on it."""
+    texture everywhere, so that anomalies can still be placed on it. An object covering less
+    than 5% of the image sets no percentile of its own, so the mask then spreads over the
+    background's noise: the placement falls back towards ``anywhere``."""
     grey = np.asarray(image, dtype=np.float64).mean(axis=0)
     side = max(3, round(CONTENT_WINDOW * grey.shape[1] / 256) | 1)
     mean = uniform_filter(grey, side)

@@ -1,8 +1,9 @@
 """Validation on synthetic anomalies: choices made without a single test label.
 
 After training, the held-out good images (which neither the transformers nor the heads have
-seen) get synthetic anomalies (:mod:`fod.data.anomalies`). Good and anomalous versions are
-scored, and the result
+seen) get synthetic anomalies (:mod:`fod.data.anomalies`), by default only where each image
+has texture: on the product, where real defects are, not on a plain background that every
+score finds anomalies on alike. Good and anomalous versions are scored, and the result
 
 - weighs the levels and picks the head's parts in the image score: every level weighting on
   a grid (multiples of :data:`WEIGHT_STEP` summing to 1) with every non-empty subset of the
