@@ -187,6 +187,36 @@ def test_anomaly_features_are_seeded_and_their_targets_cover_each_anomaly(
     assert anomaly_count(300) == 600
 
 
+def test_anomaly_features_on_content_mark_only_cells_with_texture(tmp_path: Path) -> None:
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from fod.data import load_batch
+    from fod.data.anomalies import content_mask
+    from fod.data.layouts import Sample
+
+    gen = np.random.default_rng(0)
+    samples = []
+    for i in range(3):  # a textured square (the product) at a different place on plain grey
+        image = np.full((64, 64, 3), 128, dtype=np.uint8)
+        y, x = 4 + 10 * i, 36 - 12 * i
+        image[y : y + 24, x : x + 24] = gen.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+        samples.append(Sample(tmp_path / f"{i}.png", 0, "good"))
+    images = load_batch([s.image for s in samples], 64).numpy()
+    textured = [  # the 8 x 8 cells that hold some texture
+        F.avg_pool2d(torch.from_numpy(content_mask(im)).float()[None, None], 8)[0, 0] > 0
+        for im in images
+    ]
+    backbone = create_backbone("efficientnet_lite0")
+    _, targets = anomaly_features(backbone, samples, 64, 9, (8, 8), 3, placement="content")
+    _, anywhere = anomaly_features(backbone, samples, 64, 9, (8, 8), 3, placement="anywhere")
+    for j in range(9):
+        cells = textured[j % 3]
+        assert bool(targets[j].sum() > 0) and not bool((targets[j][~cells] > 0).any())
+    assert any(bool((anywhere[j][~textured[j % 3]] > 0).any()) for j in range(9))
+
+
 def _tiny_model() -> tuple:
     config = tiny_config(epochs=1, batch_size=2, head_parts=("nearest",))
     backbone = create_backbone(config.backbone)
@@ -320,13 +350,17 @@ def test_cli_trains_it_by_default_and_leaves_it_out_on_request(
     assert report["anomalies"] == anomaly_count(model.stats["num_train"])
     assert f"anomaly segmenter: {report['anomalies']} synthetic anomalies" in printed
     assert not model.segmenter.has_context and report["max_area"] == MAX_AREA
+    assert report["placement"] == model.config.anomaly_placement == "content"
     args = ["train", str(generated), "--out", str(off), *tiny_args(epochs=1), "--no-segmenter"]
     assert main(args) == 0
     plain = FOD.load(off, progress=False)
     assert not plain.config.segmenter and plain.segmenter is None
     assert "segmenter" not in plain.stats and "anomaly segmenter" not in capsys.readouterr().out
-    # the segmenter changes the heat maps, never the image scores
-    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    # the segmenter changes the heat maps, never the image scores (on defective test images)
+    from fod.data import load_batch, load_category
+
+    defective = [s.image for s in load_category(generated).test if s.label == 1][:4]
+    images = load_batch(defective, 64)
     maps_on, scores_on = model.score(images)
     maps_off, scores_off = plain.score(images)
     assert torch.equal(scores_on, scores_off) and not torch.equal(maps_on, maps_off)

@@ -82,8 +82,9 @@ VALIDATIONS: tuple[str, ...] = ("synthetic", "none")
 #: them nearest the plain average; ``auto`` is ``band`` with enough held-out images to rank
 #: the weightings and ``single`` below (fod.training.validation.BAND_MIN_HELDOUT).
 IMAGE_RULES: tuple[str, ...] = ("auto", "band", "single")
-#: Where the synthetic validation's anomalies fall (fod.data.anomalies.PLACEMENTS):
-#: ``content`` only where the held-out image has texture, ``anywhere`` the whole image.
+#: Where the synthetic anomalies of the validation and of the segmenter's training fall
+#: (fod.data.anomalies.PLACEMENTS): ``content`` only where the image has texture (on the
+#: product), ``anywhere`` the whole image.
 ANOMALY_PLACEMENTS: tuple[str, ...] = PLACEMENTS
 #: Smallest image side: the stride-16 level needs at least 2 x 2 tokens.
 MIN_IMAGE_SIZE = 32

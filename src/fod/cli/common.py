@@ -261,9 +261,9 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--anomaly-placement",
         choices=ANOMALY_PLACEMENTS,
-        help="where the synthetic validation's anomalies fall: content, only where the held-out "
-        "image has texture (on the product, not on a plain background); anywhere, the whole "
-        f"image (default: {d.anomaly_placement})",
+        help="where the synthetic anomalies of the validation and the segmenter fall: content, "
+        "only where the image has texture (on the product, not on a plain background); "
+        f"anywhere, the whole image (default: {d.anomaly_placement})",
     )
     g.add_argument(
         "--segmenter",

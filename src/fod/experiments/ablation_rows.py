@@ -9,7 +9,8 @@ model trained on the fit split of the good images and differ only in the parts t
 sums (``head_parts``), calibrated on the held-out split; the last four add the anomaly
 segmenter to the heat map: with the pooled part in the heat map (the default), with the
 segmenter's context path, and with the nearest part on local averages of 3 x 3 tokens; one
-more puts the validation's synthetic anomalies anywhere on the image instead of on content.
+more puts the synthetic anomalies (the validation's and the segmenter's) anywhere on the image
+instead of on content.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ _RNPW = ("residual", "nearest", "pooled", "wide")
 #: average (the default rule ``auto`` averages the band from 20 held-out images on), the
 #: pooled row what the pooled part adds to the heat map, the last three rows what the wide
 #: part, the segmenter's context path and the nearest part's 3 x 3 local average (options)
-#: add; the row ending ``_anywhere`` what placing the validation's anomalies on content adds.
+#: add; the row ending ``_anywhere`` what placing the synthetic anomalies on content adds.
 #: Validation: "none", or the synthetic one with the image rule "auto" (the default's) or
 #: "single". Segmenter: "" (none), "local" (the default's) or "context". The nearest part
 #: searches each token alone in every row but the one named ``_pooled``.
@@ -85,7 +86,7 @@ HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, str], ...] = (
 #: The rows whose nearest part averages 3 x 3 tokens (config ``nearest_pool``).
 POOLED_ROWS = frozenset({"head_residual_nearest_validated_segmenter_pooled"})
 POOL = 3
-#: The rows whose validation puts its anomalies anywhere on the image (the default: on content).
+#: The rows whose synthetic anomalies fall anywhere on the image (the default: on content).
 ANYWHERE_ROWS = frozenset({"head_residual_nearest_pooled_validated_segmenter_anywhere"})
 
 

@@ -6,8 +6,10 @@ validation's, which uses the held-out images) are the anomalous ones. Each token
 the share of its cell that the anomaly covers. With the context path (an option) the
 anomalies may cover up to half the image (:data:`CONTEXT_MAX_AREA`), so that it also learns
 large regions, which only the pooled path can see whole; without it, up to the validation's
-:data:`fod.data.anomalies.MAX_AREA`. The images are read, changed and passed through the
-backbone a chunk at a time, so only features are kept in memory.
+:data:`fod.data.anomalies.MAX_AREA`. They fall where the validation's do (the config's
+``anomaly_placement``: by default only where the image has texture, on the product). The
+images are read, changed and passed through the backbone a chunk at a time, so only features
+are kept in memory.
 
 >>> segmenter, report = fit_segmenter(backbone, fit_samples, fit_features, holdout, 256)
 """
@@ -77,10 +79,12 @@ def anomaly_features(
     device: str | torch.device = "cpu",
     progress: bool = False,
     max_area: float = MAX_AREA,
+    placement: str = "anywhere",
 ) -> tuple[list[Tensor], Tensor]:
     """Backbone features (one (count, C_l, H_l, W_l) tensor per level) of ``count`` synthetic
-    anomalies of at most ``max_area`` of the image, anomaly j made on image j mod N of
-    ``samples``, and their (count, H, W) token targets on ``grid``."""
+    anomalies of at most ``max_area`` of the image, placed by ``placement``
+    (:data:`fod.data.anomalies.PLACEMENTS`), anomaly j made on image j mod N of ``samples``,
+    and their (count, H, W) token targets on ``grid``."""
     if not samples:
         raise ValueError("the segmenter needs at least one good image to make anomalies on")
     device = torch.device(device)
@@ -93,7 +97,7 @@ def anomaly_features(
         ids = range(first, min(count, first + CHUNK))
         images = load_batch([samples[j % len(samples)].image for j in ids], image_size)
         chunk_seed = int(np.random.SeedSequence([int(seed), chunk]).generate_state(1)[0])
-        changed, masks, _ = synthetic_anomalies(images, len(ids), chunk_seed, max_area)
+        changed, masks, _ = synthetic_anomalies(images, len(ids), chunk_seed, max_area, placement)
         feats.append(image_features(backbone, changed, device))
         targets.append(token_targets(masks, grid))
     levels = [torch.cat([f[i] for f in feats]) for i in range(len(feats[0]))]
@@ -192,18 +196,28 @@ def fit_segmenter(
     device: str | torch.device = "cpu",
     progress: bool = False,
     context: bool = False,
+    placement: str = "anywhere",
 ) -> tuple[AnomalySegmenter, dict[str, Any]]:
     """The segmenter of a model (with the context path and its larger anomalies when
     ``context``): synthetic anomalies on the fit ``samples`` (whose backbone features are
-    ``fit_features``), trained against them, standardised on the held-out images. The
-    report gives the anomalies made, their largest area, the loss per epoch and the
-    seconds."""
+    ``fit_features``), placed by ``placement``, trained against them, standardised on the
+    held-out images. The report gives the anomalies made, their largest area and placement,
+    the loss per epoch and the seconds."""
     start = time.perf_counter()
     grid = finest_grid(fit_features)
     count = anomaly_count(len(samples))
     max_area = CONTEXT_MAX_AREA if context else MAX_AREA
     anomalous, targets = anomaly_features(
-        backbone, samples, image_size, count, grid, seed + SEED_OFFSET, device, progress, max_area
+        backbone,
+        samples,
+        image_size,
+        count,
+        grid,
+        seed + SEED_OFFSET,
+        device,
+        progress,
+        max_area,
+        placement,
     )
     seg, report = train_segmenter(
         fit_features,
@@ -215,7 +229,12 @@ def fit_segmenter(
         progress=progress,
         context=context,
     )
-    report.update(anomalies=count, max_area=max_area, seconds=time.perf_counter() - start)
+    report.update(
+        anomalies=count,
+        max_area=max_area,
+        placement=placement,
+        seconds=time.perf_counter() - start,
+    )
     return seg, report
 
 
@@ -244,6 +263,7 @@ def fit_model_segmenter(
         device,
         progress,
         config.segmenter_context,
+        config.anomaly_placement,
     )
     if distributed.context().enabled:
         state = distributed.all_gather_object(seg.to_state())[0]
