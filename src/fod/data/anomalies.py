@@ -130,12 +130,10 @@ def placed_region(
     """An :func:`anomaly_region` cut to the ``allowed`` pixels: drawn again (up to
     :data:`MAX_TRIES` times) until the cut keeps at least :data:`MIN_AREA` of the image; the
     last draw uncut when none does (an image with too little texture)."""
-    region = anomaly_region(height, width, rng, max_area)
     if allowed is None:
-        return region
-    for attempt in range(MAX_TRIES):
-        if attempt:
-            region = anomaly_region(height, width, rng, max_area)
+        return anomaly_region(height, width, rng, max_area)
+    for _ in range(MAX_TRIES):
+        region = anomaly_region(height, width, rng, max_area)
         kept = region & allowed
         if kept.mean() >= MIN_AREA:
             return kept

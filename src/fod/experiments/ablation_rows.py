@@ -117,7 +117,7 @@ def _head_score(
     ]
     kind = {"": "", "local": ", segmenter", "context": ", segmenter with context"}[segmenter]
     pooled = f", nearest on {pool} x {pool} averages" if pool > 1 else ""
-    anywhere = ", anomalies anywhere" if placement == "anywhere" and validation != "none" else ""
+    anywhere = ", anomalies anywhere" if placement == "anywhere" else ""
     return text + kind + pooled + anywhere
 
 
