@@ -20,6 +20,7 @@ ROWS = ["patch", "intra_noent_div", "inter_coreset", "full", "head_nearest_rando
         "head_residual_nearest_validated", "head_residual_nearest_validated_segmenter",
         "head_residual_nearest_pooled_validated_segmenter",
         "head_residual_nearest_pooled_validated_segmenter_anywhere",
+        "head_residual_nearest_pooled_validated_segmenter_whole_band",
         "head_residual_nearest_pooled_wide_validated_segmenter",
         "head_residual_nearest_validated_segmenter_pooled"]  # fmt: skip
 VALIDATED, SINGLE = "head_residual_nearest_validated", "head_residual_nearest_validated_single"
@@ -27,6 +28,7 @@ SEGMENTED = "head_residual_nearest_validated_segmenter"
 TWO_GRAINS = "head_residual_nearest_pooled_validated_segmenter"
 THREE_GRAINS = "head_residual_nearest_pooled_wide_validated_segmenter"
 ANYWHERE = "head_residual_nearest_pooled_validated_segmenter_anywhere"
+WHOLE_BAND = "head_residual_nearest_pooled_validated_segmenter_whole_band"
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,7 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
         table = list(csv.DictReader(f))
     assert [r["views"] for r in table] == ["patch-wise", "intra", "inter"] + [
         "patch + intra + inter"
-    ] * 11
+    ] * 12
     assert float(table[3]["image_auroc"]) == pytest.approx(report["rows"][3]["image_auroc"])
     assert float(table[3]["paper_mvtec"]) == 0.992
     # paper rows: the paper's head on every image; head rows: the parts they name, calibrated
@@ -118,6 +120,13 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
     assert anywhere["config"] == {**two["config"], "anomaly_placement": "anywhere"}
     assert anywhere["record"]["score"] == f"{two['record']['score']}, anomalies anywhere"
     assert rows[ANYWHERE]["aupro"] != pytest.approx(two_row["aupro"], abs=1e-9)
+    # every weighting of the band in the image score: the band's members alone differ
+    whole = json.loads((out / "rows" / f"{WHOLE_BAND}.json").read_text())
+    assert two["config"]["band_members"] == "simplest"
+    assert whole["config"] == {**two["config"], "band_members": "all"}
+    assert whole["record"]["score"] == f"{two['record']['score']}, whole band"
+    for key in ("pixel_auroc", "aupro"):
+        assert rows[WHOLE_BAND][key] == pytest.approx(two_row[key], abs=1e-9)
     # the wide part (an option) adds to the default's heat map only
     three = json.loads((out / "rows" / f"{THREE_GRAINS}.json").read_text())
     assert three["config"] == {

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from conftest import tiny_config
 from scipy.ndimage import gaussian_filter
 
-from fod.config import FODConfig, legacy_config
+from fod.config import BAND_MEMBERS, FODConfig, legacy_config
 from fod.data.anomalies import (
     CONTENT_SHARE,
     KINDS,
@@ -42,6 +42,7 @@ from fod.training.validation import (
     resolve_rule,
     rule_weights,
     separating_threshold,
+    simplest,
     weight_grid,
     weightings,
 )
@@ -272,17 +273,19 @@ def test_grid_image_scores_match_the_detector_weighting_by_weighting():
 def test_the_band_rule_averages_the_near_best_weightings_over_their_good_spread():
     g = torch.Generator().manual_seed(4)
     n_good, n_anomalous = 12, 40
-    # one token per image; level 1 separates, level 0 a little, part "b" is noise
+    # one token per image; level 1 separates, level 0 a little, part "b" on level 1 only, so
+    # that the band holds weightings of one part and of two
     good = [torch.randn(n_good, 2, 1, 1, generator=g) for _ in range(2)]
     anomalous = [torch.randn(n_anomalous, 2, 1, 1, generator=g) for _ in range(2)]
     anomalous[0][:, 0] += 0.7
     anomalous[1][:, 0] += 1.5
+    anomalous[1][:, 1] += 1.0
     table, near, g_all, _ = rate_weightings(good, anomalous, ("a", "b"), 4, sigma=1.0)
     top = max(r["auroc"] for r in table)
     floor = top - auroc_standard_error(top, n_anomalous, n_good)
     assert near == [i for i, r in enumerate(table) if r["auroc"] >= floor - 1e-12]
     assert 1 < len(near) < len(table)
-    members, weights = rule_weights("band", table, near, g_all, ("a", "b"))
+    members, weights = rule_weights("band", table, near, g_all, ("a", "b"), "all")
     assert members == near and [w.shape for w in weights] == [(len(near), 2)] * 2
 
     # independently: each member's image scores, each over its good images' spread, averaged
@@ -308,6 +311,34 @@ def test_the_band_rule_averages_the_near_best_weightings_over_their_good_spread(
     assert [w.tolist() for w in weights] == [[x.tolist()] for x in want]
     with pytest.raises(ValueError, match="rule must be band or single"):
         rule_weights("auto", table, near, g_all, ("a", "b"))
+    with pytest.raises(ValueError, match="band_members must be one of simplest, all"):
+        rule_weights("band", table, near, g_all, ("a", "b"), "best")
+    # simplest (the default): the band's rows with the fewest parts, averaged the same way
+    fewest = min(len(table[i]["parts"]) for i in near)
+    simple = [i for i in near if len(table[i]["parts"]) == fewest]
+    assert simplest(table, near) == simple and 0 < len(simple) < len(near)
+    members, weights = rule_weights("band", table, near, g_all, ("a", "b"))
+    assert members == simple and [w.shape for w in weights] == [(len(simple), 2)] * 2
+    spread = [member_scores(good, i).std(ddof=1) for i in simple]
+    for z in (good, anomalous):
+        want = np.mean(
+            [member_scores(z, i) / s for i, s in zip(simple, spread, strict=True)], axis=0
+        )
+        got = weighted_image_scores(z, weights, 4, sigma=1.0).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_simplest_keeps_every_row_with_the_fewest_parts_whatever_its_place():
+    table = [
+        {"levels": [0.5, 0.5], "parts": ["residual", "nearest"], "auroc": 0.99},
+        {"levels": [0.5, 0.5], "parts": ["nearest"], "auroc": 0.97},
+        {"levels": [0, 1], "parts": ["residual", "feature", "nearest"], "auroc": 0.98},
+        {"levels": [0, 1], "parts": ["residual"], "auroc": 0.96},
+        {"levels": [1, 0], "parts": ["feature"], "auroc": 0.5},
+    ]
+    assert simplest(table, [0, 1, 2, 3]) == [1, 3]
+    assert simplest(table, [0, 2]) == [0]  # two parts are the fewest there
+    assert simplest(table, [2]) == [2]
 
 
 def test_the_auto_rule_averages_the_band_only_with_enough_held_out_images():
@@ -430,9 +461,11 @@ def test_fit_validates_on_synthetic_anomalies_and_saves_the_weights(generated, t
     for w in kept:
         assert tuple(w["levels"]) in weight_grid(2) and set(w["parts"]) <= {"residual", "nearest"}
     assert all("pooled" not in r["parts"] for r in table) and len(table) == 15
-    if rule == "band":
+    if rule == "band":  # the band's rows with the fewest parts (band_members simplest)
+        fewest = min(len(r["parts"]) for r in band)
+        assert report["band_members"] == "simplest" and report["band"] == len(band)
         assert [(w["levels"], w["parts"]) for w in kept] == [
-            (r["levels"], r["parts"]) for r in band
+            (r["levels"], r["parts"]) for r in band if len(r["parts"]) == fewest
         ]
     else:
         assert len(kept) == 1 and kept[0]["scale"] == 1.0 and kept[0] in band
@@ -476,6 +509,11 @@ def test_validation_settings_presets_and_legacy_heads():
         FODConfig(image_rule="best")
     assert FODConfig().anomaly_placement == "content"
     assert legacy_config({"head": "calibrated"})["anomaly_placement"] == "anywhere"
+    assert FODConfig().band_members == "simplest" and BAND_MEMBERS == ("simplest", "all")
+    assert legacy_config({"head": "calibrated"})["band_members"] == "all"
+    assert legacy_config({"band_members": "simplest"})["band_members"] == "simplest"
+    with pytest.raises(ValueError, match="band_members must be one of simplest, all"):
+        FODConfig(band_members="fewest")
     with pytest.raises(ValueError, match="anomaly_placement must be one of content, anywhere"):
         FODConfig(anomaly_placement="object")
     head = CalibratedHead(("feature",), FODConfig().variant, 4, 3, 0, 2, 2)
@@ -530,6 +568,15 @@ def test_cli_train_reports_the_validation_and_can_skip_it(generated, tmp_path, c
     assert "rule auto" not in printed
     kept = report["image_weightings"]
     assert f"image score the mean of {len(kept)} weightings of parts and levels" in printed
+    if report["band"] > len(kept):
+        assert f"(the simplest of the band's {report['band']})" in printed
+    assert main([*args, "--band-members", "all", *tiny_args()]) == 0
+    printed = capsys.readouterr().out
+    whole = FOD.load(out, device="cpu")
+    assert whole.config.band_members == whole.stats["validation"]["band_members"] == "all"
+    band = whole.stats["validation"]["image_weightings"]
+    assert len(band) == whole.stats["validation"]["band"] >= len(kept)
+    assert f"image score the mean of {len(band)} weightings of parts and levels (" in printed
     first = kept[0]
     listed = f"{' + '.join(first['parts'])} at {' / '.join(f'{x:g}' for x in first['levels'])}"
     assert listed in printed

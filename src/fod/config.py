@@ -77,11 +77,16 @@ BANK_SELECTIONS: tuple[str, ...] = ("coverage", "random")
 #: (fod.training.validation); ``none`` keeps the plain average and the largest held-out score.
 VALIDATIONS: tuple[str, ...] = ("synthetic", "none")
 #: How the synthetic validation turns its weightings of levels and parts into the image score
-#: (fod.training.validation): ``band`` averages every weighting within one standard error of
-#: the best, each divided by its spread on held-out good images; ``single`` keeps the one of
-#: them nearest the plain average; ``auto`` is ``band`` with enough held-out images to rank
-#: the weightings and ``single`` below (fod.training.validation.BAND_MIN_HELDOUT).
+#: (fod.training.validation): ``band`` averages the weightings within one standard error of
+#: the best (:data:`BAND_MEMBERS`), each divided by its spread on held-out good images;
+#: ``single`` keeps the one of them nearest the plain average; ``auto`` is ``band`` with
+#: enough held-out images to rank the weightings and ``single`` below
+#: (fod.training.validation.BAND_MIN_HELDOUT).
 IMAGE_RULES: tuple[str, ...] = ("auto", "band", "single")
+#: Which weightings of the band the ``band`` rule averages (fod.training.validation):
+#: ``simplest`` those with the fewest parts (the one-standard-error rule's choice: the simplest
+#: of the models the validation cannot tell from the best), ``all`` every one.
+BAND_MEMBERS: tuple[str, ...] = ("simplest", "all")
 #: Where the synthetic anomalies of the validation and of the segmenter's training fall
 #: (fod.data.anomalies.PLACEMENTS): ``content`` only where the image has texture (on the
 #: product), ``anywhere`` the whole image.
@@ -150,6 +155,7 @@ class FODConfig:
     nearest_pool: int = 1
     validation: str = "synthetic"
     image_rule: str = "auto"
+    band_members: str = "simplest"
     anomaly_placement: str = "content"
     segmenter: bool = True
     segmenter_context: bool = False
@@ -257,6 +263,10 @@ class FODConfig:
         if self.image_rule not in IMAGE_RULES:
             raise ConfigError(
                 f"image_rule must be one of {', '.join(IMAGE_RULES)}, got {self.image_rule!r}"
+            )
+        if self.band_members not in BAND_MEMBERS:
+            raise ConfigError(
+                f"band_members must be one of {', '.join(BAND_MEMBERS)}, got {self.band_members!r}"
             )
         if self.anomaly_placement not in ANOMALY_PLACEMENTS:
             raise ConfigError(
@@ -376,8 +386,9 @@ def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     values every model had then (the paper's head, no held-out images); one from before the
     synthetic validation had none, and one from before the coverage bank drew its bank at
     random; none before the anomaly segmenter had one, and a segmenter before its context
-    path had none; a validation before the band rule kept a single weighting, and one before
-    the placement on content put its anomalies anywhere; a nearest part
+    path had none; a validation before the band rule kept a single weighting, one before
+    the placement on content put its anomalies anywhere, and a band before its simplest
+    members averaged all of them; a nearest part
     before the local average searched each token alone."""
     out = dict(data)
     if "head" not in out:
@@ -389,6 +400,7 @@ def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     out.setdefault("segmenter_context", False)
     out.setdefault("image_rule", "single")
     out.setdefault("anomaly_placement", "anywhere")
+    out.setdefault("band_members", "all")
     out.setdefault("nearest_pool", 1)
     return out
 
@@ -445,6 +457,7 @@ def _refuse_unknown(keys: Iterable[Any], known: Sequence[str], what: str, listin
 
 __all__ = [
     "ANOMALY_PLACEMENTS",
+    "BAND_MEMBERS",
     "BANK_SELECTIONS",
     "HEADS",
     "HEAD_PARTS",

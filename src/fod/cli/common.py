@@ -48,6 +48,7 @@ _CONFIG_OPTIONS = {
     "nearest_pool": "nearest_pool",
     "validation": "validation",
     "image_rule": "image_rule",
+    "band_members": "band_members",
     "anomaly_placement": "anomaly_placement",
     "segmenter": "segmenter",
     "segmenter_context": "segmenter_context",
@@ -118,6 +119,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     """Preset, backbone, model, variant, head and training options (defaults: the preset's)."""
     from fod.config import (
         ANOMALY_PLACEMENTS,
+        BAND_MEMBERS,
         BANK_SELECTIONS,
         HEAD_PARTS,
         HEADS,
@@ -253,10 +255,18 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--image-rule",
         choices=IMAGE_RULES,
-        help="band: the image score averages every weighting of levels and parts that the "
-        "synthetic validation cannot tell from the best (each over its spread on held-out "
-        "good images); single: the one of them nearest the plain average; auto: band from "
+        help="band: the image score averages the weightings of levels and parts that the "
+        "synthetic validation cannot tell from the best (those --band-members names, each "
+        "over its spread on held-out good images); single: the one of them nearest the plain "
+        "average; auto: band from "
         f"{BAND_MIN_HELDOUT} held-out images on, single below (default: {d.image_rule})",
+    )
+    g.add_argument(
+        "--band-members",
+        choices=BAND_MEMBERS,
+        help="which weightings of that band the band rule averages: simplest, those with the "
+        "fewest parts (the one-standard-error rule); all, every one "
+        f"(default: {d.band_members})",
     )
     g.add_argument(
         "--anomaly-placement",

@@ -130,6 +130,7 @@ def run_ablation(
                 segmenter_context=row.segmenter_context,
                 nearest_pool=row.nearest_pool,
                 anomaly_placement=row.anomaly_placement,
+                band_members=row.band_members,
             )
         result_path = out / "rows" / f"{row.key}.json"
         head = f"[{index}/{len(chosen)}] {row.key} ({row.views}, {row.score})"

@@ -10,7 +10,8 @@ sums (``head_parts``), calibrated on the held-out split; the last four add the a
 segmenter to the heat map: with the pooled part in the heat map (the default), with the
 segmenter's context path, and with the nearest part on local averages of 3 x 3 tokens; one
 more puts the synthetic anomalies (the validation's and the segmenter's) anywhere on the image
-instead of on content.
+instead of on content, and one averages every weighting of the validation's band in the image
+score instead of its simplest.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class AblationRow:
     segmenter_context: bool = False
     nearest_pool: int = 1
     anomaly_placement: str = "content"
+    band_members: str = "simplest"
 
 
 _RN = ("residual", "nearest")
@@ -54,7 +56,8 @@ _RNPW = ("residual", "nearest", "pooled", "wide")
 #: average (the default rule ``auto`` averages the band from 20 held-out images on), the
 #: pooled row what the pooled part adds to the heat map, the last three rows what the wide
 #: part, the segmenter's context path and the nearest part's 3 x 3 local average (options)
-#: add; the row ending ``_anywhere`` what placing the synthetic anomalies on content adds.
+#: add; the row ending ``_anywhere`` what placing the synthetic anomalies on content adds,
+#: the row ending ``_whole_band`` what averaging only the band's simplest weightings adds.
 #: Validation: "none", or the synthetic one with the image rule "auto" (the default's) or
 #: "single". Segmenter: "" (none), "local" (the default's) or "context". The nearest part
 #: searches each token alone in every row but the one named ``_pooled``.
@@ -79,6 +82,13 @@ HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, str], ...] = (
         "coverage",
         "local",
     ),
+    (
+        "head_residual_nearest_pooled_validated_segmenter_whole_band",
+        _RNP,
+        "auto",
+        "coverage",
+        "local",
+    ),
     ("head_residual_nearest_pooled_wide_validated_segmenter", _RNPW, "auto", "coverage", "local"),
     ("head_residual_nearest_validated_segmenter_context", _RN, "auto", "coverage", "context"),
     ("head_residual_nearest_validated_segmenter_pooled", _RN, "auto", "coverage", "local"),
@@ -88,6 +98,8 @@ POOLED_ROWS = frozenset({"head_residual_nearest_validated_segmenter_pooled"})
 POOL = 3
 #: The rows whose synthetic anomalies fall anywhere on the image (the default: on content).
 ANYWHERE_ROWS = frozenset({"head_residual_nearest_pooled_validated_segmenter_anywhere"})
+#: The rows whose band rule averages every weighting of the band (the default: its simplest).
+WHOLE_BAND_ROWS = frozenset({"head_residual_nearest_pooled_validated_segmenter_whole_band"})
 
 
 def _pool(key: str) -> int:
@@ -101,6 +113,12 @@ def _placement(key: str) -> str:
     return "anywhere" if key in ANYWHERE_ROWS else "content"
 
 
+def _band_members(key: str) -> str:
+    """The row's ``band_members``: ``all`` for :data:`WHOLE_BAND_ROWS`, else ``simplest``
+    (the default)."""
+    return "all" if key in WHOLE_BAND_ROWS else "simplest"
+
+
 def _head_score(
     parts: tuple[str, ...],
     validation: str,
@@ -108,6 +126,7 @@ def _head_score(
     segmenter: str,
     pool: int = 1,
     placement: str = "content",
+    band_members: str = "simplest",
 ) -> str:
     text = "calibrated " + " + ".join(parts)
     if "nearest" in parts and bank_selection != "coverage":
@@ -118,7 +137,8 @@ def _head_score(
     kind = {"": "", "local": ", segmenter", "context": ", segmenter with context"}[segmenter]
     pooled = f", nearest on {pool} x {pool} averages" if pool > 1 else ""
     anywhere = ", anomalies anywhere" if placement == "anywhere" else ""
-    return text + kind + pooled + anywhere
+    whole = ", whole band" if band_members == "all" and validation == "auto" else ""
+    return text + kind + pooled + anywhere + whole
 
 
 def head_rows() -> list[AblationRow]:
@@ -129,7 +149,15 @@ def head_rows() -> list[AblationRow]:
             "patch + intra + inter",
             "with",
             "mean",
-            _head_score(parts, validation, bank, segmenter, _pool(key), _placement(key)),
+            _head_score(
+                parts,
+                validation,
+                bank,
+                segmenter,
+                _pool(key),
+                _placement(key),
+                _band_members(key),
+            ),
             Variant(),
             None,
             None,
@@ -143,6 +171,7 @@ def head_rows() -> list[AblationRow]:
             segmenter == "context",
             _pool(key),
             _placement(key),
+            _band_members(key),
         )
         for key, parts, validation, bank, segmenter in HEAD_ROWS
     ]

@@ -9,11 +9,13 @@ score finds anomalies on alike. Good and anomalous versions are scored, and the 
   a grid (multiples of :data:`WEIGHT_STEP` summing to 1) with every non-empty subset of the
   parts is tried, and the weightings whose image AUROC of good against anomalous images is
   within one standard error of the best make the band. The ``band`` rule (the default) scores
-  an image by the mean over the band of each weighting's blurred maximum divided by its
-  standard deviation on the held-out good images: no single weighting is trusted where the
-  validation cannot tell them apart. The ``single`` rule keeps the band's weighting nearest
-  the plain average (then the one with more parts): with few held-out images the ranking is
-  noise, and the plain average the better hedge, so ``auto`` (the default) is ``band`` from
+  an image by the mean over the band's simplest weightings (those with the fewest parts, the
+  one-standard-error rule's choice; ``band_members`` ``all``: every weighting of the band) of
+  each one's blurred maximum divided by its standard deviation on the held-out good images:
+  no single weighting is trusted where the validation cannot tell them apart. The
+  ``single`` rule keeps the band's weighting nearest the plain average (then the one with
+  more parts): with few held-out images the ranking is noise, and the plain average the
+  better hedge, so ``auto`` (the default) is ``band`` from
   :data:`BAND_MIN_HELDOUT` held-out images on and ``single`` below; and
 - sets the decision threshold: the score that best separates the two groups (largest true
   positive rate minus false positive rate; ties go to the highest score, fewer false alarms).
@@ -38,7 +40,7 @@ import torch
 from torch import Tensor
 
 from fod.batches import map_batches
-from fod.config import IMAGE_RULES, INFERENCE_BATCH_SIZE, FODConfig
+from fod.config import BAND_MEMBERS, IMAGE_RULES, INFERENCE_BATCH_SIZE, FODConfig
 from fod.data import Sample, load_batch
 from fod.data.anomalies import synthetic_anomalies
 from fod.metrics import pixel_auroc
@@ -157,6 +159,16 @@ def nearest_plain(table: Sequence[dict[str, Any]], near: Sequence[int]) -> int:
     return max(near, key=key)
 
 
+def simplest(table: Sequence[dict[str, Any]], near: Sequence[int]) -> list[int]:
+    """Of the rows ``near``, those with the fewest parts: the one-standard-error rule keeps
+    the simplest of the models the validation cannot tell from the best. A part that the
+    synthetic anomalies find as well as the others may still add false alarms on real good
+    images (the per-position residual on unaligned objects), which the saturated validation
+    does not see; the fewer parts the image score sums, the fewer such chances."""
+    fewest = min(len(table[i]["parts"]) for i in near)
+    return [i for i in near if len(table[i]["parts"]) == fewest]
+
+
 def band_scales(good_scores: Tensor) -> Tensor:
     """(K,) spread of each weighting's (K, N) held-out good image scores: the standard
     deviation, 1 where fewer than two images give none, floored at 1e-6."""
@@ -171,14 +183,18 @@ def rule_weights(
     near: Sequence[int],
     good_scores: Tensor,
     parts: Sequence[str],
+    band_members: str = "simplest",
 ) -> tuple[list[int], list[Tensor]]:
     """The rows of ``table`` that ``rule`` keeps of the band ``near`` (as
     :func:`rate_weightings` gives them, with the good images' (K, N) ``good_scores``) and each
-    level's (K', P) ``image_weight``: ``band`` keeps every row, each divided by its
-    :func:`band_scales`; ``single`` keeps :func:`nearest_plain`'s row as it is. Each kept row
-    of ``table`` gains its ``scale``."""
+    level's (K', P) ``image_weight``: ``band`` keeps every row (``band_members`` ``all``) or
+    the :func:`simplest` ones (``simplest``), each divided by its :func:`band_scales`;
+    ``single`` keeps :func:`nearest_plain`'s row of the whole band as it is. Each kept row of
+    ``table`` gains its ``scale``."""
+    if band_members not in BAND_MEMBERS:
+        raise ValueError(f"band_members must be one of {', '.join(BAND_MEMBERS)}")
     if rule == "band":
-        members = list(near)
+        members = simplest(table, near) if band_members == "simplest" else list(near)
         scales = band_scales(good_scores[members]).tolist()
     elif rule == "single":
         members, scales = [nearest_plain(table, near)], [1.0]
@@ -260,10 +276,12 @@ def validate(
     rule: str = "auto",
     good_scores: Sequence[Tensor] | None = None,
     placement: str = "content",
+    band_members: str = "simplest",
 ) -> dict[str, Any]:
     """Set each head's ``image_weight`` from synthetic anomalies on ``good_images`` (the
     held-out images, (N, 3, S, S) in [0, 1], with their backbone ``good_features``) by
-    ``rule`` (``auto``, ``band`` or ``single``) and return the report: the anomalies made, the
+    ``rule`` (``auto``, ``band`` or ``single``; the band's ``band_members``, see
+    :func:`rule_weights`) and return the report: the anomalies made, the
     rule applied (``image_rule``) and given (``image_rule_asked``), the AUROC of every
     combination of level weights and parts, the weightings kept (``image_weightings``:
     levels, parts, synthetic AUROC and the spread each is divided by), the synthetic pixel
@@ -283,7 +301,7 @@ def validate(
     anomalous = token_scores(levels, heads, image_features(backbone, images, device), device)
     parts = heads[0].parts
     table, near, g_all, _ = rate_weightings(good, anomalous, parts, image_size, sigma)
-    members, weights = rule_weights(rule, table, near, g_all, parts)
+    members, weights = rule_weights(rule, table, near, g_all, parts, band_members)
     for head, w in zip(heads, weights, strict=True):
         head.image_weight = w.to(head.image_weight.device)
     g_scores = weighted_image_scores(good, weights, image_size, sigma).double().numpy()
@@ -303,6 +321,8 @@ def validate(
         "kinds": dict(Counter(kinds)),
         "image_rule": rule,
         "image_rule_asked": asked,
+        "band_members": band_members,
+        "band": len(near),
         "image_weightings": [table[i] for i in members],
         "image_auroc": auroc_from_groups(a_scores, g_scores),
         "weightings": table,
@@ -339,6 +359,7 @@ def validate_samples(
         rule=config.image_rule,
         good_scores=good_scores,
         placement=config.anomaly_placement,
+        band_members=config.band_members,
     )
     report["seconds"] = time.perf_counter() - start
     return report
@@ -359,6 +380,7 @@ __all__ = [
     "resolve_rule",
     "rule_weights",
     "separating_threshold",
+    "simplest",
     "token_scores",
     "validate",
     "validate_samples",

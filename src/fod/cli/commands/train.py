@@ -124,8 +124,11 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
         listed = "; ".join(
             f"{' + '.join(w['parts'])} at {' / '.join(f'{x:g}' for x in w['levels'])}" for w in kept
         )
+        band = report.get("band", len(kept))
+        simplest = report.get("band_members") == "simplest" and band > len(kept)
         how = (
             f"the mean of {len(kept)} weightings of parts and levels"
+            + (f" (the simplest of the band's {band})" if simplest else "")
             if report["image_rule"] == "band"
             else "one weighting of parts and levels"
         )
