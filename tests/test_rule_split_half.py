@@ -28,7 +28,7 @@ def test_a_lone_separating_weighting_is_every_rule_on_the_other_half() -> None:
     g, a = rng.normal(size=(3, n)), rng.normal(size=(3, n * per))
     g[1], a[1] = rng.uniform(0, 1, n), rng.uniform(2, 3, n * per)  # only row 1 separates
     results = _module().split_half(ROWS, g, a, owner, splits=5)
-    for name in ("single", "best", "band"):
+    for name in ("single", "best", "band", "simplest"):
         assert results[name] == [1.0] * 5, name
 
 
@@ -56,3 +56,12 @@ def test_the_band_averages_the_rows_over_their_spread_on_the_first_half() -> Non
     want = auroc_from_groups(band_a[~a_first], band_g[~first])
     assert got["band"] == [pytest.approx(want)]
     assert got["best"] == [pytest.approx(auroc_from_groups(a[top][~a_first], g[top][~first]))]
+    # every row has one part: the band's simplest rows are the whole band
+    assert got["simplest"] == got["band"]
+    # with a second part in rows 1 and 2, the simplest are the band's one-part rows
+    rows = [ROWS[0], *({**r, "parts": ["a", "b"]} for r in ROWS[1:])]
+    got = module.split_half(rows, g, a, owner, splits=1, seed=7)
+    fewest = min(len(rows[k]["parts"]) for k in near)
+    simple = [k for k in near if len(rows[k]["parts"]) == fewest]
+    assert simple == [0] and got["band"] == [pytest.approx(want)]
+    assert got["simplest"] == [pytest.approx(auroc_from_groups(a[0][~a_first], g[0][~first]))]
