@@ -17,6 +17,7 @@ score instead of its simplest.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from fod.model.variant import Variant
 
@@ -93,30 +94,15 @@ HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, str], ...] = (
     ("head_residual_nearest_validated_segmenter_context", _RN, "auto", "coverage", "context"),
     ("head_residual_nearest_validated_segmenter_pooled", _RN, "auto", "coverage", "local"),
 )
-#: The rows whose nearest part averages 3 x 3 tokens (config ``nearest_pool``).
-POOLED_ROWS = frozenset({"head_residual_nearest_validated_segmenter_pooled"})
-POOL = 3
-#: The rows whose synthetic anomalies fall anywhere on the image (the default: on content).
-ANYWHERE_ROWS = frozenset({"head_residual_nearest_pooled_validated_segmenter_anywhere"})
-#: The rows whose band rule averages every weighting of the band (the default: its simplest).
-WHOLE_BAND_ROWS = frozenset({"head_residual_nearest_pooled_validated_segmenter_whole_band"})
-
-
-def _pool(key: str) -> int:
-    """The row's ``nearest_pool``: :data:`POOL` for the pooled rows, 1 (each token) else."""
-    return POOL if key in POOLED_ROWS else 1
-
-
-def _placement(key: str) -> str:
-    """The row's ``anomaly_placement``: ``anywhere`` for :data:`ANYWHERE_ROWS`, else
-    ``content`` (the default)."""
-    return "anywhere" if key in ANYWHERE_ROWS else "content"
-
-
-def _band_members(key: str) -> str:
-    """The row's ``band_members``: ``all`` for :data:`WHOLE_BAND_ROWS`, else ``simplest``
-    (the default)."""
-    return "all" if key in WHOLE_BAND_ROWS else "simplest"
+#: The rows that differ from the default in more than the tuple above says, as
+#: :class:`AblationRow` fields (every other row keeps the default's values): the nearest part
+#: on 3 x 3 averages of tokens, the synthetic anomalies anywhere, the whole band in the image
+#: score.
+ROW_SETTINGS: dict[str, dict[str, Any]] = {
+    "head_residual_nearest_validated_segmenter_pooled": {"nearest_pool": 3},
+    "head_residual_nearest_pooled_validated_segmenter_anywhere": {"anomaly_placement": "anywhere"},
+    "head_residual_nearest_pooled_validated_segmenter_whole_band": {"band_members": "all"},
+}
 
 
 def _head_score(
@@ -124,8 +110,8 @@ def _head_score(
     validation: str,
     bank_selection: str,
     segmenter: str,
-    pool: int = 1,
-    placement: str = "content",
+    nearest_pool: int = 1,
+    anomaly_placement: str = "content",
     band_members: str = "simplest",
 ) -> str:
     text = "calibrated " + " + ".join(parts)
@@ -135,8 +121,9 @@ def _head_score(
         validation
     ]
     kind = {"": "", "local": ", segmenter", "context": ", segmenter with context"}[segmenter]
+    pool = nearest_pool
     pooled = f", nearest on {pool} x {pool} averages" if pool > 1 else ""
-    anywhere = ", anomalies anywhere" if placement == "anywhere" else ""
+    anywhere = ", anomalies anywhere" if anomaly_placement == "anywhere" else ""
     whole = ", whole band" if band_members == "all" and validation == "auto" else ""
     return text + kind + pooled + anywhere + whole
 
@@ -149,15 +136,7 @@ def head_rows() -> list[AblationRow]:
             "patch + intra + inter",
             "with",
             "mean",
-            _head_score(
-                parts,
-                validation,
-                bank,
-                segmenter,
-                _pool(key),
-                _placement(key),
-                _band_members(key),
-            ),
+            _head_score(parts, validation, bank, segmenter, **ROW_SETTINGS.get(key, {})),
             Variant(),
             None,
             None,
@@ -169,9 +148,7 @@ def head_rows() -> list[AblationRow]:
             bank,
             bool(segmenter),
             segmenter == "context",
-            _pool(key),
-            _placement(key),
-            _band_members(key),
+            **ROW_SETTINGS.get(key, {}),
         )
         for key, parts, validation, bank, segmenter in HEAD_ROWS
     ]
