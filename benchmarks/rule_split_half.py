@@ -20,6 +20,7 @@ from fod.api import FOD
 from fod.data import load_batch, training_samples
 from fod.data.anomalies import synthetic_anomalies
 from fod.metrics.classification import auroc_from_groups
+from fod.training.crossfit import resolve_calibration
 from fod.training.features import image_features
 from fod.training.fit import holdout_split
 from fod.training.validation import (
@@ -82,6 +83,11 @@ def main() -> None:
     model = FOD.load(args.model, device="cpu", progress=False)
     config = model.config
     _, train = training_samples(args.data)
+    if resolve_calibration(config.calibration, len(train), config.holdout) != "holdout":
+        raise SystemExit(
+            f"{args.model} was cross-fitted on {len(train)} good images; this check repeats "
+            "the validation of a held-out slice. Train with --calibration holdout to check it."
+        )
     _, held_idx = holdout_split(len(train), config.holdout, config.seed)
     held = [train[int(i)] for i in held_idx]
     images = load_batch([s.image for s in held], config.image_size)

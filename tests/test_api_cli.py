@@ -64,10 +64,12 @@ def test_api_fit_test_predict(api_model: FOD, generated: Path, tmp_path: Path) -
     assert model.threshold == pytest.approx(stats["validation"]["threshold"])
     assert model.threshold <= stats["train_score_max"]
     assert stats["pixel_p1"] < stats["pixel_p99"]
-    # the calibrated head holds out a fifth of the good images: threshold and colours come
-    # from those, which the model never trained on
-    held = round(0.2 * GENERATED["n_train"])
-    assert (stats["num_train"], stats["num_holdout"]) == (GENERATED["n_train"] - held, held)
+    # with so few good images the head is cross-fitted: the transformers train on every one,
+    # and every one is held out once, by one of 5 folds of heads (a slice would hold 3)
+    n = GENERATED["n_train"]
+    assert (stats["num_train"], stats["num_holdout"]) == (n, n)
+    assert (stats["calibration"], stats["folds"]) == ("crossfit", 5)
+    assert stats["validation"]["good_images"] == n
     assert stats["threshold_rule"] == THRESHOLD_RULE
     assert len(model.history) == TINY["epochs"]
 
@@ -120,7 +122,11 @@ def test_api_fits_a_plain_folder_of_good_images(generated: Path) -> None:
     model = FOD(device="cpu", progress=False, **{**TINY, "epochs": 1})
     model.fit(generated / "train" / "good")
     stats = model.stats
+    assert stats["num_train"] == stats["num_holdout"] == GENERATED["n_train"]  # cross-fitted
+    sliced = FOD(device="cpu", progress=False, **{**TINY, "epochs": 1, "calibration": "holdout"})
+    stats = sliced.fit(generated / "train" / "good").stats
     assert stats["num_train"] + stats["num_holdout"] == GENERATED["n_train"]
+    assert (stats["calibration"], stats["folds"]) == ("holdout", 0)
 
 
 # ------------------------------------------------------------------------------- CLI

@@ -387,6 +387,7 @@ def test_fit_trains_on_the_fit_split_only_and_heads_score_held_out_images():
     g = torch.Generator().manual_seed(0)
     features = [torch.randn(12, 6, 4, 4, generator=g), torch.randn(12, 10, 2, 2, generator=g)]
     config = tiny_config(d_model=(8, 8), epochs=1, holdout=0.25, bank_size=40)
+    config = config.replace(calibration="holdout")  # 12 images would be cross-fitted
     result = fit(config, features, progress=False)
     fit_idx, held = holdout_split(12, 0.25, config.seed)
     assert torch.equal(result.fit_indices, fit_idx)

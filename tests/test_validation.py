@@ -580,12 +580,15 @@ def test_cli_train_reports_the_validation_and_can_skip_it(generated, tmp_path, c
     first = kept[0]
     listed = f"{' + '.join(first['parts'])} at {' / '.join(f'{x:g}' for x in first['levels'])}"
     assert listed in printed
-    assert "anomalies on the held-out images (where they have texture); " in printed
+    assert (
+        "anomalies on the held-out images (where they have texture), each scored by the heads "
+        "of its image's fold; "
+    ) in printed  # cross-fitted: the generated category has 16 good images
     args = ["train", str(generated), "--out", str(out), "--force", "--image-rule", "single"]
     assert main([*args, "--anomaly-placement", "anywhere", *tiny_args()]) == 0
     printed = capsys.readouterr().out
     assert "image score one weighting of parts and levels" in printed
-    assert "anomalies on the held-out images (anywhere on them); " in printed
+    assert "anomalies on the held-out images (anywhere on them), each scored by" in printed
     loaded = FOD.load(out, device="cpu")
     assert loaded.config.image_rule == "single"
     assert loaded.config.anomaly_placement == loaded.stats["validation"]["placement"] == "anywhere"
@@ -608,11 +611,17 @@ def test_the_smallest_fit_validates_on_its_one_held_out_image(generated, tmp_pat
     good = sorted((generated / "train" / "good").iterdir())[:3]
     for path in good:
         shutil.copy(path, tmp_path / path.name)
-    model = FOD(tiny_config(epochs=1), device="cpu", progress=False).fit(tmp_path)
+    config = tiny_config(epochs=1, calibration="holdout")
+    model = FOD(config, device="cpu", progress=False).fit(tmp_path)
     report = model.stats["validation"]
     assert (report["good_images"], report["anomalies"]) == (1, 64)
     # one good score: the only candidate threshold is that score, the held-out maximum
     assert model.threshold == pytest.approx(model.stats["train_score_max"])
+    # cross-fitted (the default here), three folds of one image each
+    model = FOD(tiny_config(epochs=1), device="cpu", progress=False).fit(tmp_path)
+    report = model.stats["validation"]
+    assert (report["good_images"], report["anomalies"], model.stats["folds"]) == (3, 64, 3)
+    assert model.threshold <= model.stats["train_score_max"]
 
 
 def test_held_out_scores_computed_once_serve_validation_and_calibration_alike(generated):
@@ -669,7 +678,14 @@ def test_fit_scores_each_held_out_image_once(generated, monkeypatch):
         return standardised(self, output)
 
     monkeypatch.setattr(CalibratedHead, "standardised", counted)
-    model = FOD(tiny_config(), device="cpu", progress=False).fit(generated)
+    config = tiny_config(calibration="holdout")
+    model = FOD(config, device="cpu", progress=False).fit(generated)
     report = model.stats["validation"]
     levels = len(model.heads)
     assert sum(rows) == levels * (report["good_images"] + report["anomalies"])
+    # cross-fitted, the out-of-fold scores come from the fit itself: only the anomalies are
+    # scored, each once, by the heads of its image's fold
+    rows.clear()
+    model = FOD(config.replace(calibration="crossfit"), device="cpu", progress=False)
+    report = model.fit(generated).stats["validation"]
+    assert sum(rows) == levels * report["anomalies"]

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from fod.scoring import Detector
     from fod.scoring.head import CalibratedHead
     from fod.scoring.segmenter import AnomalySegmenter
+    from fod.training.fit import FitResult
 
 #: What :meth:`FOD.fit` trains on: a Category, a category folder or a folder of good images,
 #: or a list of image files and folders.
@@ -245,8 +246,12 @@ class FOD:
 
             assert result.holdout_indices is not None
             held_samples = [samples[int(i)] for i in result.holdout_indices]
-            held_scores = token_scores(result.models, result.heads, result.holdout, self.device)
-            report = self._validate(held_samples, result.holdout, held_scores)
+            held_scores = result.holdout_scores or token_scores(
+                result.models, result.heads, result.holdout, self.device
+            )
+            report = self._validate(held_samples, result.holdout, held_scores, result)
+        elif result.heads is not None:
+            held_scores = result.holdout_scores
         self._calibrate(result.holdout if result.heads is not None else features, held_scores)
         if segmenter_report is not None:
             self.stats["segmenter"] = segmenter_report
@@ -255,9 +260,13 @@ class FOD:
             self.stats["threshold_rule"] = report["threshold_rule"]
             if not self._user_threshold:
                 self.threshold = report["threshold"]
-        held = int(result.holdout[0].shape[0]) if result.holdout else 0
-        self.stats["num_train"] = int(features[0].shape[0]) - held
-        self.stats["num_holdout"] = held
+        n = int(features[0].shape[0])
+        self.stats["num_train"] = len(result.fit_indices) if result.fit_indices is not None else n
+        self.stats["num_holdout"] = len(result.holdout_indices) if result.heads is not None else 0
+        if result.heads is not None:
+            folds = result.crossfit.folds if result.crossfit is not None else []
+            self.stats["calibration"] = "crossfit" if folds else "holdout"
+            self.stats["folds"] = len(folds)
         if self.heads is not None:
             self.stats["head_shrinkage"] = [dict(h.shrinkage) for h in self.heads]
         self.stats["feature_seconds"] = seconds_features
@@ -265,14 +274,19 @@ class FOD:
         return self
 
     def _validate(
-        self, samples: Sequence[Sample], features: list[Tensor], scores: list[Tensor]
+        self,
+        samples: Sequence[Sample],
+        features: list[Tensor],
+        scores: list[Tensor],
+        result: FitResult,
     ) -> dict[str, Any]:
         """Synthetic anomalies on the held-out images (their features and token ``scores``
-        at hand): weightings of the image score and the threshold
-        (:mod:`fod.training.validation`)."""
+        at hand; cross-fitted, every image and its out-of-fold scores): weightings of the
+        image score and the threshold (:mod:`fod.training.validation`)."""
         from fod.training.validation import validate_samples
 
         assert self.levels is not None and self.heads is not None
+        crossfit = result.crossfit
         return validate_samples(
             self.levels,
             self.heads,
@@ -282,6 +296,8 @@ class FOD:
             self.config,
             self.device,
             good_scores=scores,
+            fold_heads=crossfit.fold_heads if crossfit is not None else None,
+            fold_of=crossfit.fold_of if crossfit is not None else None,
         )
 
     def _calibrate(self, features: list[Tensor], scores: list[Tensor] | None = None) -> None:

@@ -59,6 +59,7 @@ TRAINING_KEYS: tuple[str, ...] = (
     "lambda2",
     "seed",
     "holdout",
+    "calibration",
     "bank_size",
     "pooled_bank_size",
     "bank_selection",
@@ -87,6 +88,14 @@ IMAGE_RULES: tuple[str, ...] = ("auto", "band", "single")
 #: ``simplest`` those with the fewest parts (the one-standard-error rule's choice: the simplest
 #: of the models the validation cannot tell from the best), ``all`` every one.
 BAND_MEMBERS: tuple[str, ...] = ("simplest", "all")
+#: How the calibrated head's held-out images are had (fod.training.crossfit): ``holdout``
+#: holds out a seeded slice (``holdout``) that neither the transformers nor the heads see;
+#: ``crossfit`` splits the good images into round(1 / holdout) folds, scores each fold with
+#: heads fitted on the others (every image is held out once) and fits the transformers and
+#: the final heads on all of them; ``auto`` cross-fits when the slice would hold fewer than
+#: fod.training.validation.BAND_MIN_HELDOUT images (about 100 good images) and holds out
+#: a slice from there on.
+CALIBRATIONS: tuple[str, ...] = ("auto", "holdout", "crossfit")
 #: Where the synthetic anomalies of the validation and of the segmenter's training fall
 #: (fod.data.anomalies.PLACEMENTS): ``content`` only where the image has texture (on the
 #: product), ``anywhere`` the whole image.
@@ -149,6 +158,7 @@ class FODConfig:
     lambda2: float = 0.5
     seed: int = 3407
     holdout: float = 0.2
+    calibration: str = "auto"
     bank_size: int = 32768
     pooled_bank_size: int = 8192
     bank_selection: str = "coverage"
@@ -263,6 +273,10 @@ class FODConfig:
         if self.image_rule not in IMAGE_RULES:
             raise ConfigError(
                 f"image_rule must be one of {', '.join(IMAGE_RULES)}, got {self.image_rule!r}"
+            )
+        if self.calibration not in CALIBRATIONS:
+            raise ConfigError(
+                f"calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}"
             )
         if self.band_members not in BAND_MEMBERS:
             raise ConfigError(
@@ -388,7 +402,8 @@ def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     random; none before the anomaly segmenter had one, and a segmenter before its context
     path had none; a validation before the band rule kept a single weighting, one before
     the placement on content put its anomalies anywhere, and a band before its simplest
-    members averaged all of them; a nearest part
+    members averaged all of them; a calibration before cross-fitting held out a slice; a
+    nearest part
     before the local average searched each token alone."""
     out = dict(data)
     if "head" not in out:
@@ -401,6 +416,7 @@ def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     out.setdefault("image_rule", "single")
     out.setdefault("anomaly_placement", "anywhere")
     out.setdefault("band_members", "all")
+    out.setdefault("calibration", "holdout")
     out.setdefault("nearest_pool", 1)
     return out
 
@@ -459,6 +475,7 @@ __all__ = [
     "ANOMALY_PLACEMENTS",
     "BAND_MEMBERS",
     "BANK_SELECTIONS",
+    "CALIBRATIONS",
     "HEADS",
     "HEAD_PARTS",
     "IMAGE_RULES",

@@ -42,6 +42,7 @@ _CONFIG_OPTIONS = {
     "head": "head",
     "head_parts": "head_parts",
     "holdout": "holdout",
+    "calibration": "calibration",
     "bank_size": "bank_size",
     "pooled_bank_size": "pooled_bank_size",
     "bank_selection": "bank_selection",
@@ -121,6 +122,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         ANOMALY_PLACEMENTS,
         BAND_MEMBERS,
         BANK_SELECTIONS,
+        CALIBRATIONS,
         HEAD_PARTS,
         HEADS,
         IMAGE_RULES,
@@ -219,6 +221,15 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         help=f"fraction of the good images held out to calibrate the head and the threshold "
         f"(default: {d.holdout:g}; paper: {p.holdout:g})",
+    )
+    g.add_argument(
+        "--calibration",
+        choices=CALIBRATIONS,
+        help="holdout: hold out that fraction of the good images from the transformers and the "
+        "heads; crossfit: split the good images into 1 / holdout folds, score each with heads "
+        "fitted on the others, train on all of them; auto: crossfit while the held-out "
+        f"fraction would be under {BAND_MIN_HELDOUT} images, holdout from there on "
+        f"(default: {d.calibration})",
     )
     g.add_argument(
         "--bank-size",

@@ -4,9 +4,11 @@ what each part of the calibrated head adds.
 The eight paper variants are trained and tested with everything else equal: one
 configuration, one seed, the paper's head, and the same backbone features, computed once for
 the training and the test images and shared by all rows. The head rows share one full model
-trained on the fit split (config.holdout) and differ only in their heads' parts (and, in the
-last rows, the synthetic validation's weightings of the image score and the anomaly
-segmenter in the heat map).
+trained on the fit split (config.holdout, held out as a slice however few the images are:
+calibration ``holdout``, so that every row scores the same held-out images; cross-fitting is
+compared by full runs) and differ only in their heads' parts (and, in the last rows, the
+synthetic validation's weightings of the image score and the anomaly segmenter in the heat
+map).
 Every finished row is written to ``OUT/rows/<key>.json`` at once, and an
 interrupted row resumes from its training state, so re-running the command redoes nothing.
 
@@ -123,6 +125,7 @@ def run_ablation(
                 head="calibrated",
                 head_parts=row.head_parts,
                 holdout=holdout,
+                calibration="holdout",
                 validation=row.validation,
                 image_rule=row.image_rule,
                 bank_selection=row.bank_selection,

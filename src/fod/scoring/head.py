@@ -37,7 +37,7 @@ anomalies by :mod:`fod.training.validation`. All statistics are buffers, so a he
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -242,7 +242,7 @@ def fit_head(
     parts: Sequence[str],
     model: nn.Module,
     fit_features: Tensor,
-    holdout_features: Tensor,
+    holdout_features: Tensor | None,
     bank_size: int,
     seed: int = 0,
     batch_size: int = 16,
@@ -250,6 +250,7 @@ def fit_head(
     bank_selection: str = "coverage",
     pool: int = 1,
     pooled_bank_size: int | None = None,
+    shrinkage: Mapping[str, float] | None = None,
 ) -> CalibratedHead:
     """Fit one level's head: statistics on ``fit_features`` (the images the transformer was
     trained on), centre and scale of each part on ``holdout_features`` (good images neither
@@ -257,17 +258,18 @@ def fit_head(
     :func:`~fod.scoring.normality.memory_bank`, ``pool`` as
     :func:`~fod.scoring.normality.local_average` for the nearest part; the banks of the
     averaging parts (:data:`AVERAGED_SIDES`) hold ``pooled_bank_size`` tokens each (None:
-    ``bank_size``)."""
+    ``bank_size``). With ``shrinkage`` (a weight per Gaussian part) the held-out images do
+    not choose it, and ``holdout_features`` may be None: the head is then left uncalibrated
+    (centre 0, scale 1) for the caller's :func:`calibrate_head`, as cross-fitting does."""
     parts = check_parts(parts)
-    if holdout_features.shape[0] < 1:
+    if holdout_features is None and shrinkage is None:
+        raise ValueError("without held-out images the head needs its shrinkage weights given")
+    if holdout_features is not None and holdout_features.shape[0] < 1:
         raise ValueError("the head needs at least one held-out good image to calibrate on")
     device = torch.device(device)
     model = model.to(device).eval()
     spec = model.spec
     tokens, recon, _ = _outputs(model, fit_features, batch_size, device, paper=False)
-    h_tokens, h_recon, h_paper = _outputs(
-        model, holdout_features, batch_size, device, paper="paper" in parts
-    )
     pooled_size = bank_size if pooled_bank_size is None else pooled_bank_size
     n_tokens = tokens.shape[0] * tokens.shape[1]
     head = CalibratedHead(  # a bank holds at most every fit token; sizes of absent parts unused
@@ -281,12 +283,18 @@ def fit_head(
         pool=pool,
         pooled_bank_size=min(int(pooled_size), n_tokens),
     )
-    for name, fit_x, held_x in (
-        ("residual", tokens - recon, h_tokens - h_recon),
-        ("feature", tokens, h_tokens),
-    ):
+    held = None
+    if holdout_features is not None:
+        held = _outputs(model, holdout_features, batch_size, device, paper="paper" in parts)
+    for name in ("residual", "feature"):
         if name in parts:
-            shrink = choose_shrinkage(fit_x, held_x)
+            fit_x = tokens - recon if name == "residual" else tokens
+            if shrinkage is not None:
+                shrink = float(shrinkage[name])
+            else:
+                assert held is not None
+                held_x = held[0] - held[1] if name == "residual" else held[0]
+                shrink = choose_shrinkage(fit_x, held_x)
             mean, precision = fit_gaussian(fit_x, shrink=shrink)
             setattr(head, f"{name}_mean", mean)
             setattr(head, f"{name}_precision", precision)
@@ -296,12 +304,36 @@ def fit_head(
             averaged = local_average(tokens, spec.height, spec.width, head.side(part))
             size = getattr(head, name).shape[0]  # the size the head was built with
             setattr(head, name, memory_bank(averaged, size, seed, bank_selection))
-    with torch.no_grad():
-        scores = head.part_scores(FODOutput(h_tokens, h_recon), h_paper)
-    head.center = torch.stack([s.mean() for s in scores]).float()
-    spread = torch.stack([s.std() if s.numel() > 1 else s.abs().mean() for s in scores])
-    head.scale = spread.clamp_min(1e-6).float()
+    if held is not None:
+        with torch.no_grad():
+            scores = head.part_scores(FODOutput(held[0], held[1]), held[2])
+        calibrate_head(head, torch.stack(scores, dim=1))
     return head.to(device).eval()
+
+
+def raw_part_scores(
+    head: CalibratedHead,
+    model: nn.Module,
+    features: Tensor,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+) -> Tensor:
+    """(N, P, L): each part's raw (unstandardised) token scores of ``features`` (N, C, H, W)
+    under ``head``, on the CPU."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    tokens, recon, paper = _outputs(model, features, batch_size, device, "paper" in head.parts)
+    with torch.no_grad():
+        return torch.stack(head.to(device).part_scores(FODOutput(tokens, recon), paper), dim=1)
+
+
+def calibrate_head(head: CalibratedHead, scores: Tensor) -> None:
+    """Set each part's centre and scale to the mean and spread of its raw ``scores``
+    (N, P, L) of good images the head's statistics did not see."""
+    flat = scores.detach().transpose(0, 1).reshape(scores.shape[1], -1).double()
+    head.center = flat.mean(1).float().to(head.center.device)
+    spread = flat.std(1) if flat.shape[1] > 1 else flat.abs().mean(1)
+    head.scale = spread.clamp_min(1e-6).float().to(head.scale.device)
 
 
 __all__ = [
@@ -313,7 +345,9 @@ __all__ = [
     "POOLED_SIDE",
     "WIDE_SIDE",
     "CalibratedHead",
+    "calibrate_head",
     "check_parts",
     "fit_head",
     "image_part_mask",
+    "raw_part_scores",
 ]

@@ -4,7 +4,9 @@ With the paper's head every good image is trained on (spec section 5) and there 
 more to fit. With the calibrated head a seeded slice of the good images (``config.holdout``)
 is held out: the transformers and the heads' statistics see only the rest, and the held-out
 images give each head's centre and scale and the decision threshold, so both come from
-images the model has never seen, as test images will be.
+images the model has never seen, as test images will be. With few good images the heads are
+cross-fitted instead (``config.calibration``, :mod:`fod.training.crossfit`): every image is
+held out once, by the heads of one fold.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from fod.config import FODConfig
 from fod.errors import DataError
 from fod.model import FODTransformer
 from fod.scoring.head import CalibratedHead, fit_head
+from fod.training.crossfit import CrossFit, crossfit_heads, holdout_count, resolve_calibration
 from fod.training.trainer import train
 
 #: Fewest good images the calibrated head can work with (2 to fit, 1 to hold out).
@@ -37,7 +40,7 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
             f"{MIN_CALIBRATED_IMAGES} (some are held out to calibrate it). Add good images, or "
             "use the paper's head (--preset paper, or --head paper)."
         )
-    held = min(n - 2, max(1, round(fraction * n)))
+    held = holdout_count(n, fraction)
     gen = torch.Generator().manual_seed(int(seed) + 7919)
     order = torch.randperm(n, generator=gen)
     return order[held:].sort().values, order[:held].sort().values
@@ -45,8 +48,11 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
 
 @dataclass
 class FitResult:
-    """Trained transformers, their heads (None for the paper's head), the training history
-    and the held-out features (empty levels for the paper's head)."""
+    """Trained transformers, their heads (None for the paper's head), the training history,
+    the features of the images that calibrate the heads (empty levels for the paper's head),
+    the indices of the images the transformers trained on and of those that calibrate, and,
+    cross-fitted, the :class:`~fod.training.crossfit.CrossFit` (then every image is in both
+    sets, and ``holdout_scores`` are the out-of-fold token scores)."""
 
     models: list[FODTransformer]
     heads: list[CalibratedHead] | None
@@ -54,6 +60,23 @@ class FitResult:
     holdout: list[Tensor] = field(default_factory=list)
     fit_indices: Tensor | None = None
     holdout_indices: Tensor | None = None
+    crossfit: CrossFit | None = None
+
+    @property
+    def holdout_scores(self) -> list[Tensor] | None:
+        """Out-of-fold token scores of the calibrating images when cross-fitted, else None."""
+        return self.crossfit.scores if self.crossfit is not None else None
+
+    def split(self) -> tuple[Tensor, Tensor]:
+        """(fit, held-out) indices of a plain hold-out, for what is trained on good images
+        apart from the heads (the segmenter): the fit's own split, or, cross-fitted, every
+        fold but the first against the first."""
+        if self.crossfit is not None:
+            folds = self.crossfit.folds
+            return torch.cat(folds[1:]).sort().values, folds[0]
+        if self.fit_indices is None or self.holdout_indices is None:
+            raise ValueError("the fit held no images out (the paper's head)")
+        return self.fit_indices, self.holdout_indices
 
 
 def fit(
@@ -70,6 +93,13 @@ def fit(
         raise DataError("no feature levels given to train on")
     n = int(features[0].shape[0])
     calibrated = config.head == "calibrated"
+    if calibrated and resolve_calibration(config.calibration, n, config.holdout) == "crossfit":
+        result = train(config, list(features), state_path, resume, progress, device, precision)
+        crossfit = crossfit_heads(config, result.models, features, device)
+        every = torch.arange(n)
+        return FitResult(
+            result.models, crossfit.heads, result.history, list(features), every, every, crossfit
+        )
     fit_idx, held_idx = holdout_split(n, config.holdout if calibrated else 0.0, config.seed)
     train_features = [f[fit_idx] for f in features] if calibrated else list(features)
     held = [f[held_idx] for f in features] if calibrated else []

@@ -248,16 +248,18 @@ def fit_model_segmenter(
     progress: bool = False,
 ) -> tuple[AnomalySegmenter, dict[str, Any]]:
     """:func:`fit_segmenter` for a finished :func:`~fod.training.fit.fit` of ``samples``
-    (whose backbone ``features`` it was given): its fit images and held-out features.
+    (whose backbone ``features`` it was given): its fit images and held-out features
+    (cross-fitted: all folds but the first, and the first; :meth:`FitResult.split`).
     Under torchrun every rank trains one and all keep rank 0's, so a GPU's nondeterminism
     cannot make the ranks' heat maps differ."""
     if result.fit_indices is None:
         raise ValueError("the segmenter needs a fit with held-out images (the calibrated head)")
+    fit_idx, held_idx = result.split()
     seg, report = fit_segmenter(
         backbone,
-        [samples[int(i)] for i in result.fit_indices],
-        [f[result.fit_indices] for f in features],
-        result.holdout,
+        [samples[int(i)] for i in fit_idx],
+        [f[fit_idx] for f in features],
+        [f[held_idx] for f in features],
         config.image_size,
         config.seed,
         device,

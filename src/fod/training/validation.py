@@ -263,6 +263,34 @@ def token_scores(
     return map_batches(lambda batch: level_scores(levels, batch, heads), features, device=device)
 
 
+def fold_token_scores(
+    levels: Sequence[FODTransformer],
+    fold_heads: Sequence[Sequence[CalibratedHead]],
+    row_folds: Tensor,
+    features: Sequence[Tensor],
+    device: str | torch.device = "cpu",
+) -> list[Tensor]:
+    """:func:`token_scores` of ``features`` with row r scored by the heads of fold
+    ``row_folds[r]`` (cross-fitting, :mod:`fod.training.crossfit`: an anomaly made on a good
+    image is scored by the heads that did not see that image)."""
+    rows_total = int(features[0].shape[0])
+    if tuple(row_folds.shape) != (rows_total,):
+        raise ValueError(f"{rows_total} rows but {tuple(row_folds.shape)} fold labels")
+    out: list[Tensor] | None = None
+    for j, heads in enumerate(fold_heads):
+        rows = torch.nonzero(row_folds == j).flatten()
+        if rows.numel() == 0:
+            continue
+        scores = token_scores(levels, heads, [f[rows] for f in features], device)
+        if out is None:
+            out = [torch.empty(rows_total, *z.shape[1:], dtype=z.dtype) for z in scores]
+        for o, z in zip(out, scores, strict=True):
+            o[rows] = z
+    if out is None or bool(((row_folds < 0) | (row_folds >= len(fold_heads))).any()):
+        raise ValueError(f"fold labels must lie in [0, {len(fold_heads)})")
+    return out
+
+
 def validate(
     levels: Sequence[FODTransformer],
     heads: Sequence[CalibratedHead],
@@ -277,6 +305,8 @@ def validate(
     good_scores: Sequence[Tensor] | None = None,
     placement: str = "content",
     band_members: str = "simplest",
+    fold_heads: Sequence[Sequence[CalibratedHead]] | None = None,
+    fold_of: Tensor | None = None,
 ) -> dict[str, Any]:
     """Set each head's ``image_weight`` from synthetic anomalies on ``good_images`` (the
     held-out images, (N, 3, S, S) in [0, 1], with their backbone ``good_features``) by
@@ -287,7 +317,10 @@ def validate(
     levels, parts, synthetic AUROC and the spread each is divided by), the synthetic pixel
     AUROC of the heat map and the separating threshold. ``good_scores``: the
     :func:`token_scores` of ``good_features`` where the caller has them; ``placement``: where
-    the anomalies fall (:data:`fod.data.anomalies.PLACEMENTS`)."""
+    the anomalies fall (:data:`fod.data.anomalies.PLACEMENTS`). Cross-fitted
+    (:mod:`fod.training.crossfit`): ``fold_heads`` and each good image's fold ``fold_of``;
+    an anomaly is scored by the heads of its image's fold, and ``good_scores`` must be the
+    images' out-of-fold scores."""
     n = int(good_images.shape[0])
     asked, rule = rule, resolve_rule(rule, n)
     device = torch.device(device)
@@ -298,7 +331,14 @@ def validate(
         if good_scores is not None
         else token_scores(levels, heads, good_features, device)
     )
-    anomalous = token_scores(levels, heads, image_features(backbone, images, device), device)
+    anomaly_features = image_features(backbone, images, device)
+    if fold_heads is None:
+        anomalous = token_scores(levels, heads, anomaly_features, device)
+    else:
+        if fold_of is None or good_scores is None:
+            raise ValueError("a cross-fitted validation needs fold_of and out-of-fold good_scores")
+        source = torch.arange(count) % n  # anomaly i is made on good image i mod n
+        anomalous = fold_token_scores(levels, fold_heads, fold_of[source], anomaly_features, device)
     parts = heads[0].parts
     table, near, g_all, _ = rate_weightings(good, anomalous, parts, image_size, sigma)
     members, weights = rule_weights(rule, table, near, g_all, parts, band_members)
@@ -341,10 +381,13 @@ def validate_samples(
     config: FODConfig,
     device: str | torch.device = "cpu",
     good_scores: Sequence[Tensor] | None = None,
+    fold_heads: Sequence[Sequence[CalibratedHead]] | None = None,
+    fold_of: Tensor | None = None,
 ) -> dict[str, Any]:
     """:func:`validate` on held-out ``samples`` (read from disk at ``config.image_size``)
-    whose backbone ``features`` (and, if given, their :func:`token_scores`) are at hand; the
-    report also gives its ``seconds``."""
+    whose backbone ``features`` (and, if given, their :func:`token_scores`; cross-fitted,
+    their out-of-fold scores, ``fold_heads`` and ``fold_of``) are at hand; the report also
+    gives its ``seconds``."""
     start = time.perf_counter()
     images = load_batch([s.image for s in samples], config.image_size)
     report = validate(
@@ -360,6 +403,8 @@ def validate_samples(
         good_scores=good_scores,
         placement=config.anomaly_placement,
         band_members=config.band_members,
+        fold_heads=fold_heads,
+        fold_of=fold_of,
     )
     report["seconds"] = time.perf_counter() - start
     return report
@@ -372,6 +417,7 @@ __all__ = [
     "WEIGHT_STEP",
     "auroc_standard_error",
     "band_scales",
+    "fold_token_scores",
     "grid_image_scores",
     "image_weights",
     "near_best",

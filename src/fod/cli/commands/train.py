@@ -112,10 +112,17 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
     stats = model.stats
     where = f"{model.device} x {ctx.world_size} processes" if ctx.enabled else f"{model.device}"
     held = stats.get("num_holdout", 0)
+    folds = stats.get("folds", 0)
+    calibrated = (
+        f", calibrated on all {held} good images, each held out by one of {folds} cross-fitted "
+        "folds of heads"
+        if folds
+        else f", calibrated on {held} held-out good images"
+    )
     print(
         f"trained on {stats['num_train']} images for {config.epochs} epoch(s) "
         f"({stats['train_seconds']:.1f} s on {where})"
-        + (f", calibrated on {held} held-out good images" if held else "")
+        + (calibrated if held else "")
         + f"; threshold {model.threshold:.6g} ({stats['threshold_rule']}); model written to {out}"
     )
     report = stats.get("validation")
@@ -137,8 +144,9 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
         where = {"content": " (where they have texture)", "anywhere": " (anywhere on them)"}
         print(
             f"synthetic validation: {report['anomalies']} anomalies on the held-out images"
-            f"{where.get(report.get('placement'), '')}; "
-            f"image score {how} ({listed}; synthetic image AUROC {report['image_auroc']:.3f}; "
+            f"{where.get(report.get('placement'), '')}"
+            + (", each scored by the heads of its image's fold" if folds else "")
+            + f"; image score {how} ({listed}; synthetic image AUROC {report['image_auroc']:.3f}; "
             f"the heads' heat map {report['pixel_auroc']:.3f} pixel AUROC), "
             f"{report['seconds']:.1f} s"
         )

@@ -1,0 +1,138 @@
+"""Cross-fitted calibration: every good image held out once, for small training sets.
+
+The calibrated head needs good images its statistics have not seen: they set each part's
+centre and scale, and the synthetic validation makes its anomalies on them and uses them as
+its good examples. A held-out slice of a fifth costs little with hundreds of images; with 50,
+it takes 10 images from the heads and leaves the validation 10 good examples, too few to
+rank anything. Cross-fitting splits the good images into folds (``round(1 / holdout)``, 5 at
+the default), fits each fold's heads on the other folds and scores the fold with them, so
+every image gets an out-of-fold score. Those scores calibrate every part; each anomaly of
+the validation is scored by the heads of the fold its image belongs to; the shrinkage of a
+Gaussian part is the mean of the folds' choices. The transformers and the heads that score
+new images are fitted on every good image, with that calibration. It costs a head fit per
+fold, so the config's ``calibration`` ``auto`` cross-fits only where the slice would be small
+(:func:`resolve_calibration`).
+
+>>> crossfit = crossfit_heads(config, models, features)   # features: one (N, C, H, W) per level
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fod.config import CALIBRATIONS, FODConfig
+from fod.model import FODTransformer
+from fod.scoring.head import CalibratedHead, calibrate_head, fit_head, raw_part_scores
+from fod.training.validation import BAND_MIN_HELDOUT
+
+
+def holdout_count(n: int, fraction: float) -> int:
+    """Images a held-out slice of ``fraction`` takes from ``n``: round(fraction n), at least
+    1 and at most n - 2 (two are needed to fit)."""
+    return min(n - 2, max(1, round(fraction * n)))
+
+
+def resolve_calibration(calibration: str, n: int, fraction: float) -> str:
+    """``holdout`` or ``crossfit`` for ``n`` good images: ``auto`` cross-fits when the slice
+    (:func:`holdout_count`) would hold fewer than
+    :data:`~fod.training.validation.BAND_MIN_HELDOUT` images, the number from which the
+    validation's ranking of weightings is trusted."""
+    if calibration not in CALIBRATIONS:
+        choices = ", ".join(CALIBRATIONS)
+        raise ValueError(f"calibration must be one of {choices}, got {calibration!r}")
+    if calibration != "auto":
+        return calibration
+    return "crossfit" if holdout_count(n, fraction) < BAND_MIN_HELDOUT else "holdout"
+
+
+def fold_count(n: int, fraction: float) -> int:
+    """Folds for ``n`` images and a held-out ``fraction``: round(1 / fraction), at least 2
+    and at most n (each fold holds at least one image)."""
+    return max(2, min(n, round(1.0 / fraction)))
+
+
+def make_folds(n: int, k: int, seed: int) -> list[Tensor]:
+    """``k`` disjoint sorted index tensors that cover range(n), sizes differing by at most
+    one, from a seeded permutation (the same seed gives the same folds everywhere)."""
+    if not 2 <= k <= n:
+        raise ValueError(f"cannot split {n} images into {k} folds")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 7919))
+    return [order[j::k].sort().values for j in range(k)]
+
+
+@dataclass
+class CrossFit:
+    """The heads that score new images (fitted on every image, calibrated out of fold), each
+    fold's heads (with the same calibration), the folds, the fold of every image, and the
+    images' out-of-fold standardised token scores, one (N, P, H_l, W_l) tensor per level."""
+
+    heads: list[CalibratedHead]
+    fold_heads: list[list[CalibratedHead]]
+    folds: list[Tensor]
+    fold_of: Tensor
+    scores: list[Tensor]
+
+
+def crossfit_heads(
+    config: FODConfig,
+    models: Sequence[FODTransformer],
+    features: Sequence[Tensor],
+    device: str | torch.device = "cpu",
+) -> CrossFit:
+    """Cross-fitted heads (see the module) for ``models`` trained on all of ``features``."""
+    n = int(features[0].shape[0])
+    folds = make_folds(n, fold_count(n, config.holdout), config.seed)
+    fold_of = torch.empty(n, dtype=torch.long)
+    for j, idx in enumerate(folds):
+        fold_of[idx] = j
+    options = {
+        "seed": config.seed,
+        "device": device,
+        "bank_selection": config.bank_selection,
+        "pool": config.nearest_pool,
+        "pooled_bank_size": config.pooled_bank_size,
+    }
+    fold_heads: list[list[CalibratedHead]] = []
+    raw: list[Tensor] = []  # per level: (N, P, L) out-of-fold raw scores
+    for j, held in enumerate(folds):
+        rest = torch.cat([f for i, f in enumerate(folds) if i != j]).sort().values
+        heads = []
+        for level, (model, f) in enumerate(zip(models, features, strict=True)):
+            head = fit_head(config.head_parts, model, f[rest], f[held], config.bank_size, **options)
+            scores = raw_part_scores(head, model, f[held], device=device)
+            if j == 0:
+                raw.append(torch.empty(n, *scores.shape[1:]))
+            raw[level][held] = scores
+            heads.append(head)
+        fold_heads.append(heads)
+    final = []
+    for level, (model, f) in enumerate(zip(models, features, strict=True)):
+        shrinkage = {
+            name: sum(h[level].shrinkage[name] for h in fold_heads) / len(fold_heads)
+            for name in fold_heads[0][level].shrinkage
+        }
+        head = fit_head(
+            config.head_parts, model, f, None, config.bank_size, shrinkage=shrinkage, **options
+        )
+        for h in [head, *(heads[level] for heads in fold_heads)]:
+            calibrate_head(h, raw[level])
+        final.append(head)
+    scores = []
+    for level, head in enumerate(final):
+        z = (raw[level] - head.center.cpu().view(1, -1, 1)) / head.scale.cpu().view(1, -1, 1)
+        scores.append(z.reshape(n, len(head.parts), head.height, head.width))
+    return CrossFit(final, fold_heads, folds, fold_of, scores)
+
+
+__all__ = [
+    "CrossFit",
+    "crossfit_heads",
+    "fold_count",
+    "holdout_count",
+    "make_folds",
+    "resolve_calibration",
+]

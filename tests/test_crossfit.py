@@ -1,0 +1,235 @@
+"""Cross-fitted calibration: the folds, the rule that picks it, the heads' out-of-fold scores
+against brute force and against heads fitted fold by fold, the validation's routing of each
+anomaly to its image's fold, and the whole fit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from fod.config import ConfigError, FODConfig, legacy_config
+from fod.model import FODTransformer, LevelSpec, Variant
+from fod.scoring.head import fit_head, raw_part_scores
+from fod.scoring.normality import fit_gaussian, local_average
+from fod.training import fit
+from fod.training.crossfit import (
+    crossfit_heads,
+    fold_count,
+    holdout_count,
+    make_folds,
+    resolve_calibration,
+)
+from fod.training.validation import fold_token_scores, token_scores, validate
+
+
+def test_folds_partition_the_images_evenly_and_are_seeded():
+    folds = make_folds(23, 5, 3407)
+    assert sorted(torch.cat(folds).tolist()) == list(range(23))
+    assert sorted(len(f) for f in folds) == [4, 4, 5, 5, 5]
+    assert all(torch.equal(f, f.sort().values) for f in folds)
+    again = make_folds(23, 5, 3407)
+    assert all(torch.equal(a, b) for a, b in zip(folds, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(folds, make_folds(23, 5, 1), strict=True))
+    with pytest.raises(ValueError, match="cannot split 3 images into 4 folds"):
+        make_folds(3, 4, 0)
+
+
+def test_fold_count_and_the_auto_rule():
+    assert fold_count(50, 0.2) == 5
+    assert fold_count(50, 0.5) == 2
+    assert fold_count(3, 0.2) == 3  # each fold holds an image
+    assert fold_count(50, 0.9) == 2
+    assert holdout_count(50, 0.2) == 10 and holdout_count(3, 0.2) == 1
+    # auto cross-fits while the slice would hold fewer than 20 images
+    assert resolve_calibration("auto", 97, 0.2) == "crossfit"  # 19 held out
+    assert resolve_calibration("auto", 98, 0.2) == "holdout"  # 20 held out
+    assert resolve_calibration("auto", 761, 0.2) == "holdout"
+    assert resolve_calibration("holdout", 10, 0.2) == "holdout"
+    assert resolve_calibration("crossfit", 761, 0.2) == "crossfit"
+    with pytest.raises(ValueError, match="calibration must be one of auto, holdout, crossfit"):
+        resolve_calibration("kfold", 10, 0.2)
+
+
+def test_config_key_default_legacy_and_error():
+    assert FODConfig().calibration == "auto"
+    with pytest.raises(ConfigError, match="calibration must be one of auto, holdout, crossfit"):
+        FODConfig(calibration="folds")
+    old = FODConfig().to_dict()
+    old.pop("calibration")
+    # model files from before cross-fitting held out a slice
+    assert FODConfig.from_dict(legacy_config(old)).calibration == "holdout"
+
+
+def _level(n: int = 12, seed: int = 0) -> tuple[FODTransformer, torch.Tensor]:
+    spec = LevelSpec(channels=5, height=3, width=3, d_model=8, heads=2, layers=1)
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(n, 5, 3, 3, generator=g)
+    model = FODTransformer(spec, Variant(), reference=features.mean(0, keepdim=True)).eval()
+    return model, features
+
+
+def test_out_of_fold_nearest_scores_match_brute_force():
+    model, features = _level()
+    config = tiny_config(head_parts=("nearest",), bank_size=10_000, holdout=0.25, seed=5)
+    cf = crossfit_heads(config, [model], [features])
+    tokens = features.flatten(2).transpose(1, 2)  # (N, L, C)
+    raw = torch.empty(12, 9)
+    for i in range(12):
+        others = torch.cat([tokens[j] for j in range(12) if cf.fold_of[j] != cf.fold_of[i]])
+        raw[i] = torch.cdist(tokens[i], others).min(1).values
+    assert len(cf.folds) == 4
+    head = cf.heads[0]
+    assert float(head.center[0]) == pytest.approx(float(raw.mean()), rel=1e-5)
+    assert float(head.scale[0]) == pytest.approx(float(raw.std()), rel=1e-5)
+    want = ((raw - raw.mean()) / raw.std()).reshape(12, 1, 3, 3)
+    assert torch.allclose(cf.scores[0], want, atol=1e-4)
+    # the final head's bank holds every token; each fold's head only the other folds'
+    assert head.bank.shape == (12 * 9, 5)
+    for j, heads in enumerate(cf.fold_heads):
+        assert heads[0].bank.shape == ((12 - len(cf.folds[j])) * 9, 5)
+        assert torch.equal(heads[0].center, head.center) and torch.equal(heads[0].scale, head.scale)
+
+
+def test_crossfit_heads_equal_heads_fitted_fold_by_fold():
+    model, features = _level(15, seed=1)
+    second, features2 = _level(15, seed=2)
+    parts = ("residual", "nearest", "pooled")
+    config = tiny_config(head_parts=parts, bank_size=60, pooled_bank_size=30, seed=7)
+    cf = crossfit_heads(config, [model, second], [features, features2])
+    assert len(cf.folds) == 5
+    for level, (m, f) in enumerate(((model, features), (second, features2))):
+        raw = torch.empty(15, 3, 9)
+        shrinks = []
+        for j, held in enumerate(cf.folds):
+            rest = torch.tensor([i for i in range(15) if i not in set(held.tolist())])
+            head = fit_head(parts, m, f[rest], f[held], 60, 7, pooled_bank_size=30)
+            shrinks.append(head.shrinkage["residual"])
+            raw[held] = raw_part_scores(head, m, f[held])
+            # each fold's head is that head, with the pooled calibration
+            assert torch.equal(cf.fold_heads[j][level].bank, head.bank)
+            assert torch.equal(cf.fold_heads[j][level].residual_mean, head.residual_mean)
+        flat = raw.transpose(0, 1).reshape(3, -1)
+        final = cf.heads[level]
+        assert torch.allclose(final.center, flat.mean(1), rtol=1e-5)
+        assert torch.allclose(final.scale, flat.std(1), rtol=1e-5)
+        # the final Gaussian: every image's residuals, the folds' mean shrinkage
+        assert final.shrinkage["residual"] == pytest.approx(sum(shrinks) / 5)
+        out = m(f, div_branches=frozenset(), entropy=False)
+        r = (out.tokens - out.reconstruction).detach()
+        mean, precision = fit_gaussian(r, shrink=sum(shrinks) / 5)
+        assert torch.allclose(final.residual_mean, mean, atol=1e-5)
+        assert torch.allclose(final.residual_precision, precision, rtol=1e-4, atol=1e-4)
+        averaged = local_average(out.tokens.detach(), 3, 3, 3)
+        assert final.pooled_bank.shape == (30, 5) and averaged.shape[1] == 9
+        z = (raw - flat.mean(1).view(1, 3, 1)) / flat.std(1).view(1, 3, 1)
+        assert torch.allclose(cf.scores[level], z.reshape(15, 3, 3, 3), atol=1e-4)
+
+
+def test_fold_token_scores_route_each_row_to_its_fold():
+    model, features = _level(8, seed=3)
+    config = tiny_config(head_parts=("feature", "nearest"), bank_size=50, holdout=0.5)
+    cf = crossfit_heads(config, [model], [features])
+    rows = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0])
+    got = fold_token_scores([model], cf.fold_heads, rows, [features])
+    for r in range(8):
+        want = token_scores([model], cf.fold_heads[int(rows[r])], [features[r : r + 1]])
+        assert torch.allclose(got[0][r], want[0][0])
+    # the out-of-fold scores are the fold-routed scores of the images themselves
+    oof = fold_token_scores([model], cf.fold_heads, cf.fold_of, [features])
+    assert torch.allclose(oof[0], cf.scores[0], atol=1e-4)
+    with pytest.raises(ValueError, match="fold labels must lie in"):
+        fold_token_scores([model], cf.fold_heads, torch.full((8,), 2), [features])
+    with pytest.raises(ValueError, match="8 rows but"):
+        fold_token_scores([model], cf.fold_heads, rows[:5], [features])
+
+
+class _Backbone(torch.nn.Module):
+    """Images (B, 3, 12, 12) -> one level (B, 3, 3, 3) of 4 x 4 means: a stand-in backbone."""
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.nn.functional.avg_pool2d(images, 4)]
+
+
+def test_validation_scores_each_anomaly_by_its_images_fold(monkeypatch):
+    import fod.training.validation as validation
+
+    g = torch.Generator().manual_seed(4)
+    images = torch.rand(10, 3, 12, 12, generator=g)
+    features = _Backbone()(images)
+    spec = LevelSpec(channels=3, height=3, width=3, d_model=8, heads=2, layers=1)
+    model = FODTransformer(spec, Variant(), reference=features[0].mean(0, keepdim=True)).eval()
+    config = tiny_config(head_parts=("feature", "nearest"), bank_size=50, holdout=0.5)
+    cf = crossfit_heads(config, [model], features)
+    seen = {}
+    real = validation.fold_token_scores
+
+    def spy(levels, fold_heads, row_folds, feats, device="cpu"):
+        seen["rows"] = row_folds.clone()
+        return real(levels, fold_heads, row_folds, feats, device)
+
+    monkeypatch.setattr(validation, "fold_token_scores", spy)
+    report = validate(
+        [model],
+        cf.heads,
+        _Backbone(),
+        images,
+        features,
+        12,
+        rule="band",
+        good_scores=cf.scores,
+        placement="anywhere",
+        fold_heads=cf.fold_heads,
+        fold_of=cf.fold_of,
+    )
+    # 64 anomalies, anomaly i made on image i mod 10, scored by that image's fold
+    assert report["anomalies"] == 64 and report["good_images"] == 10
+    assert torch.equal(seen["rows"], cf.fold_of[torch.arange(64) % 10])
+    with pytest.raises(ValueError, match="needs fold_of and out-of-fold good_scores"):
+        validate([model], cf.heads, _Backbone(), images, features, 12, fold_heads=cf.fold_heads)
+
+
+def test_fit_cross_fits_small_sets_and_trains_on_every_image():
+    g = torch.Generator().manual_seed(0)
+    features = [torch.randn(12, 6, 4, 4, generator=g), torch.randn(12, 10, 2, 2, generator=g)]
+    config = tiny_config(d_model=(8, 8), epochs=1, bank_size=40)
+    result = fit(config, features, progress=False)  # auto: 2 held out < 20, so cross-fitted
+    assert result.crossfit is not None and len(result.crossfit.folds) == 5
+    assert torch.equal(result.fit_indices, torch.arange(12))
+    assert torch.equal(result.holdout_indices, torch.arange(12))
+    assert result.heads is result.crossfit.heads and result.holdout_scores is result.crossfit.scores
+    # the inter reference is the mean of every image: the transformers train on all of them
+    ref = result.models[0].reference
+    assert torch.allclose(ref, features[0].mean(0, keepdim=True), atol=1e-6)
+    # the segmenter's plain split: every fold but the first against the first
+    seg_fit, seg_held = result.split()
+    assert torch.equal(seg_held, result.crossfit.folds[0])
+    assert sorted(seg_fit.tolist() + seg_held.tolist()) == list(range(12))
+    held = fit(config.replace(calibration="holdout"), features, progress=False)
+    assert held.crossfit is None and held.holdout_scores is None and len(held.holdout_indices) == 2
+
+
+def test_cli_train_says_how_it_calibrated(generated, tmp_path, capsys):
+    from conftest import GENERATED, tiny_args
+
+    from fod.api import FOD
+    from fod.cli.main import main
+
+    n = GENERATED["n_train"]
+    out = tmp_path / "m.pt"
+    assert main(["train", str(generated), "--out", str(out), *tiny_args(epochs=1)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"calibrated on all {n} good images, each held out by one of 5 cross-fitted folds of heads"
+    ) in printed
+    model = FOD.load(out, device="cpu")
+    assert model.config.calibration == "auto" and model.stats["calibration"] == "crossfit"
+    args = ["train", str(generated), "--out", str(out), "--force", "--calibration", "holdout"]
+    assert main([*args, *tiny_args(epochs=1)]) == 0
+    printed = capsys.readouterr().out
+    held = round(0.2 * n)
+    assert f"trained on {n - held} images" in printed
+    assert f"calibrated on {held} held-out good images" in printed
+    assert "cross-fitted" not in printed and "its image's fold" not in printed
+    model = FOD.load(out, device="cpu")
+    assert model.config.calibration == "holdout" and model.stats["folds"] == 0
