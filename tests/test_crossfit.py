@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_config
 
 from fod.config import ConfigError, FODConfig, legacy_config
+from fod.errors import DataError
 from fod.model import FODTransformer, LevelSpec, Variant
 from fod.scoring.head import fit_head, raw_part_scores
 from fod.scoring.normality import fit_gaussian, local_average
@@ -207,6 +208,9 @@ def test_fit_cross_fits_small_sets_and_trains_on_every_image():
     assert sorted(seg_fit.tolist() + seg_held.tolist()) == list(range(12))
     held = fit(config.replace(calibration="holdout"), features, progress=False)
     assert held.crossfit is None and held.holdout_scores is None and len(held.holdout_indices) == 2
+    # two images cannot be cross-fitted (each fold's heads would see one): refused before training
+    with pytest.raises(DataError, match="only 2 good training image"):
+        fit(config, [f[:2] for f in features], progress=False)
 
 
 def test_cli_train_says_how_it_calibrated(generated, tmp_path, capsys):

@@ -11,7 +11,8 @@ the validation is scored by the heads of the fold its image belongs to; the shri
 Gaussian part is the mean of the folds' choices. The transformers and the heads that score
 new images are fitted on every good image, with that calibration. It costs a head fit per
 fold, so the config's ``calibration`` ``auto`` cross-fits only where the slice would be small
-(:func:`resolve_calibration`).
+(:func:`resolve_calibration`). The heat-map colour range is taken from these images' maps;
+the segmenter, which keeps a plain split (the first fold held out), has seen the other folds.
 
 >>> crossfit = crossfit_heads(config, models, features)   # features: one (N, C, H, W) per level
 """

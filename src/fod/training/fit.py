@@ -30,16 +30,21 @@ from fod.training.trainer import train
 MIN_CALIBRATED_IMAGES = 3
 
 
-def holdout_split(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Seeded (fit, held-out) indices of n images; held out: round(fraction n), at least 1."""
-    if fraction <= 0:
-        return torch.arange(n), torch.zeros(0, dtype=torch.long)
+def check_calibrated_images(n: int) -> None:
+    """Refuse fewer good images than the calibrated head needs, held out or cross-fitted."""
     if n < MIN_CALIBRATED_IMAGES:
         raise DataError(
             f"only {n} good training image(s): the calibrated head needs at least "
             f"{MIN_CALIBRATED_IMAGES} (some are held out to calibrate it). Add good images, or "
             "use the paper's head (--preset paper, or --head paper)."
         )
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Seeded (fit, held-out) indices of n images; held out: round(fraction n), at least 1."""
+    if fraction <= 0:
+        return torch.arange(n), torch.zeros(0, dtype=torch.long)
+    check_calibrated_images(n)
     held = holdout_count(n, fraction)
     gen = torch.Generator().manual_seed(int(seed) + 7919)
     order = torch.randperm(n, generator=gen)
@@ -94,6 +99,7 @@ def fit(
     n = int(features[0].shape[0])
     calibrated = config.head == "calibrated"
     if calibrated and resolve_calibration(config.calibration, n, config.holdout) == "crossfit":
+        check_calibrated_images(n)
         result = train(config, list(features), state_path, resume, progress, device, precision)
         crossfit = crossfit_heads(config, result.models, features, device)
         every = torch.arange(n)
@@ -135,4 +141,11 @@ def fit_heads(
     ]
 
 
-__all__ = ["MIN_CALIBRATED_IMAGES", "FitResult", "fit", "fit_heads", "holdout_split"]
+__all__ = [
+    "MIN_CALIBRATED_IMAGES",
+    "FitResult",
+    "check_calibrated_images",
+    "fit",
+    "fit_heads",
+    "holdout_split",
+]
