@@ -219,7 +219,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--holdout",
         type=float,
-        help=f"fraction of the good images held out to calibrate the head and the threshold "
+        help=f"fraction of the good images held out to calibrate the head and the threshold; "
+        "cross-fitted, 1 / holdout folds of heads each hold out that fraction "
         f"(default: {d.holdout:g}; paper: {p.holdout:g})",
     )
     g.add_argument(
