@@ -237,3 +237,21 @@ def test_cli_train_says_how_it_calibrated(generated, tmp_path, capsys):
     assert "cross-fitted" not in printed and "its image's fold" not in printed
     model = FOD.load(out, device="cpu")
     assert model.config.calibration == "holdout" and model.stats["folds"] == 0
+
+
+def test_cross_fitted_fit_without_validation_sets_the_largest_out_of_fold_score(generated):
+    from conftest import GENERATED
+
+    from fod.api import FOD
+
+    model = FOD(tiny_config(epochs=1, validation="none"), device="cpu", progress=False)
+    stats = model.fit(generated).stats
+    assert (stats["calibration"], stats["num_holdout"]) == ("crossfit", GENERATED["n_train"])
+    assert "validation" not in stats
+    # the threshold is the largest image score of the good images, each scored out of fold
+    assert model.threshold == pytest.approx(stats["train_score_max"])
+    assert stats["num_train"] == GENERATED["n_train"]
+    # scored in-sample by the final heads (whose banks hold their tokens) they would all fall
+    # below it: the calibration used the out-of-fold scores
+    in_sample = [p.score for p in model.predict(generated / "train" / "good")]
+    assert len(in_sample) == GENERATED["n_train"] and max(in_sample) < model.threshold

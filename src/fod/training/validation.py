@@ -276,6 +276,8 @@ def fold_token_scores(
     rows_total = int(features[0].shape[0])
     if tuple(row_folds.shape) != (rows_total,):
         raise ValueError(f"{rows_total} rows but {tuple(row_folds.shape)} fold labels")
+    if rows_total == 0 or bool(((row_folds < 0) | (row_folds >= len(fold_heads))).any()):
+        raise ValueError(f"fold labels must lie in [0, {len(fold_heads)}), one per row")
     out: list[Tensor] | None = None
     for j, heads in enumerate(fold_heads):
         rows = torch.nonzero(row_folds == j).flatten()
@@ -286,8 +288,7 @@ def fold_token_scores(
             out = [torch.empty(rows_total, *z.shape[1:], dtype=z.dtype) for z in scores]
         for o, z in zip(out, scores, strict=True):
             o[rows] = z
-    if out is None or bool(((row_folds < 0) | (row_folds >= len(fold_heads))).any()):
-        raise ValueError(f"fold labels must lie in [0, {len(fold_heads)})")
+    assert out is not None  # every row has a fold in range
     return out
 
 
