@@ -240,18 +240,15 @@ class FOD:
             self.segmenter, segmenter_report = fit_model_segmenter(
                 self._backbone(), samples, features, result, self.config, self.device, self.progress
             )
-        report, held_scores = None, None
+        report, held_scores = None, result.holdout_scores
         if result.heads is not None and self.config.validation == "synthetic":
             from fod.training.validation import token_scores
 
             assert result.holdout_indices is not None
             held_samples = [samples[int(i)] for i in result.holdout_indices]
-            held_scores = result.holdout_scores or token_scores(
-                result.models, result.heads, result.holdout, self.device
-            )
+            if held_scores is None:
+                held_scores = token_scores(result.models, result.heads, result.holdout, self.device)
             report = self._validate(held_samples, result.holdout, held_scores, result)
-        elif result.heads is not None:
-            held_scores = result.holdout_scores
         self._calibrate(result.holdout if result.heads is not None else features, held_scores)
         if segmenter_report is not None:
             self.stats["segmenter"] = segmenter_report

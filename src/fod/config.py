@@ -115,6 +115,14 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``, else a ConfigError that names ``name`` and the
+    choices."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
     if not _is_int(value) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -256,37 +264,17 @@ class FODConfig:
                 f"({', '.join(sorted(MAP_HEAD_PARTS))} are for the heat map only): add "
                 "residual, feature or nearest"
             )
-        if self.bank_selection not in BANK_SELECTIONS:
-            raise ConfigError(
-                f"bank_selection must be one of {', '.join(BANK_SELECTIONS)}, "
-                f"got {self.bank_selection!r}"
-            )
+        check_choice("bank_selection", self.bank_selection, BANK_SELECTIONS)
         pool = _positive_int("nearest_pool", self.nearest_pool)
         if pool % 2 == 0:
             raise ConfigError(
                 f"nearest_pool must be odd (a square of tokens centred on each), got {pool}"
             )
-        if self.validation not in VALIDATIONS:
-            raise ConfigError(
-                f"validation must be one of {', '.join(VALIDATIONS)}, got {self.validation!r}"
-            )
-        if self.image_rule not in IMAGE_RULES:
-            raise ConfigError(
-                f"image_rule must be one of {', '.join(IMAGE_RULES)}, got {self.image_rule!r}"
-            )
-        if self.calibration not in CALIBRATIONS:
-            raise ConfigError(
-                f"calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}"
-            )
-        if self.band_members not in BAND_MEMBERS:
-            raise ConfigError(
-                f"band_members must be one of {', '.join(BAND_MEMBERS)}, got {self.band_members!r}"
-            )
-        if self.anomaly_placement not in ANOMALY_PLACEMENTS:
-            raise ConfigError(
-                f"anomaly_placement must be one of {', '.join(ANOMALY_PLACEMENTS)}, "
-                f"got {self.anomaly_placement!r}"
-            )
+        check_choice("validation", self.validation, VALIDATIONS)
+        check_choice("image_rule", self.image_rule, IMAGE_RULES)
+        check_choice("calibration", self.calibration, CALIBRATIONS)
+        check_choice("band_members", self.band_members, BAND_MEMBERS)
+        check_choice("anomaly_placement", self.anomaly_placement, ANOMALY_PLACEMENTS)
         if not isinstance(self.segmenter, bool):
             raise ConfigError(f"segmenter must be true or false, got {self.segmenter!r}")
         if not isinstance(self.segmenter_context, bool):
@@ -488,6 +476,7 @@ __all__ = [
     "VALIDATIONS",
     "ConfigError",
     "FODConfig",
+    "check_choice",
     "check_keys",
     "comparable",
     "config_keys",

@@ -121,8 +121,7 @@ def _head_score(
         validation
     ]
     kind = {"": "", "local": ", segmenter", "context": ", segmenter with context"}[segmenter]
-    pool = nearest_pool
-    pooled = f", nearest on {pool} x {pool} averages" if pool > 1 else ""
+    pooled = f", nearest on {nearest_pool} x {nearest_pool} averages" if nearest_pool > 1 else ""
     anywhere = ", anomalies anywhere" if anomaly_placement == "anywhere" else ""
     whole = ", whole band" if band_members == "all" and validation == "auto" else ""
     return text + kind + pooled + anywhere + whole

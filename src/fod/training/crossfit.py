@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fod.config import CALIBRATIONS, FODConfig
+from fod.config import CALIBRATIONS, FODConfig, check_choice
 from fod.model import FODTransformer
 from fod.scoring.head import CalibratedHead, calibrate_head, fit_head, raw_part_scores
 from fod.training.validation import BAND_MIN_HELDOUT
@@ -42,10 +42,7 @@ def resolve_calibration(calibration: str, n: int, fraction: float) -> str:
     (:func:`holdout_count`) would hold fewer than
     :data:`~fod.training.validation.BAND_MIN_HELDOUT` images, the number from which the
     validation's ranking of weightings is trusted."""
-    if calibration not in CALIBRATIONS:
-        choices = ", ".join(CALIBRATIONS)
-        raise ValueError(f"calibration must be one of {choices}, got {calibration!r}")
-    if calibration != "auto":
+    if check_choice("calibration", calibration, CALIBRATIONS) != "auto":
         return calibration
     return "crossfit" if holdout_count(n, fraction) < BAND_MIN_HELDOUT else "holdout"
 
@@ -56,12 +53,18 @@ def fold_count(n: int, fraction: float) -> int:
     return max(2, min(n, round(1.0 / fraction)))
 
 
+def image_order(n: int, seed: int) -> Tensor:
+    """The seeded permutation of range(n) that both the held-out slice and the folds are cut
+    from (the same seed gives the same order everywhere)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 7919))
+
+
 def make_folds(n: int, k: int, seed: int) -> list[Tensor]:
     """``k`` disjoint sorted index tensors that cover range(n), sizes differing by at most
     one, from a seeded permutation (the same seed gives the same folds everywhere)."""
     if not 2 <= k <= n:
         raise ValueError(f"cannot split {n} images into {k} folds")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 7919))
+    order = image_order(n, seed)
     return [order[j::k].sort().values for j in range(k)]
 
 
@@ -134,6 +137,7 @@ __all__ = [
     "crossfit_heads",
     "fold_count",
     "holdout_count",
+    "image_order",
     "make_folds",
     "resolve_calibration",
 ]

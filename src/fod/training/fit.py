@@ -23,7 +23,13 @@ from fod.config import FODConfig
 from fod.errors import DataError
 from fod.model import FODTransformer
 from fod.scoring.head import CalibratedHead, fit_head
-from fod.training.crossfit import CrossFit, crossfit_heads, holdout_count, resolve_calibration
+from fod.training.crossfit import (
+    CrossFit,
+    crossfit_heads,
+    holdout_count,
+    image_order,
+    resolve_calibration,
+)
 from fod.training.trainer import train
 
 #: Fewest good images the calibrated head can work with (2 to fit, 1 to hold out).
@@ -46,8 +52,7 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
         return torch.arange(n), torch.zeros(0, dtype=torch.long)
     check_calibrated_images(n)
     held = holdout_count(n, fraction)
-    gen = torch.Generator().manual_seed(int(seed) + 7919)
-    order = torch.randperm(n, generator=gen)
+    order = image_order(n, seed)
     return order[held:].sort().values, order[:held].sort().values
 
 

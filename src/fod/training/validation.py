@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from fod.batches import map_batches
-from fod.config import BAND_MEMBERS, IMAGE_RULES, INFERENCE_BATCH_SIZE, FODConfig
+from fod.config import BAND_MEMBERS, IMAGE_RULES, INFERENCE_BATCH_SIZE, FODConfig, check_choice
 from fod.data import Sample, load_batch
 from fod.data.anomalies import synthetic_anomalies
 from fod.metrics import pixel_auroc
@@ -68,8 +68,7 @@ BAND_MIN_HELDOUT = 20
 def resolve_rule(rule: str, held_out: int) -> str:
     """The rule that ``rule`` means with ``held_out`` images: ``auto`` is ``band`` from
     :data:`BAND_MIN_HELDOUT` images on and ``single`` below; the others are themselves."""
-    if rule not in IMAGE_RULES:
-        raise ValueError(f"rule must be one of {', '.join(IMAGE_RULES)}, got {rule!r}")
+    check_choice("rule", rule, IMAGE_RULES)
     if rule == "auto":
         return "band" if held_out >= BAND_MIN_HELDOUT else "single"
     return rule
@@ -191,8 +190,7 @@ def rule_weights(
     the :func:`simplest` ones (``simplest``), each divided by its :func:`band_scales`;
     ``single`` keeps :func:`nearest_plain`'s row of the whole band as it is. Each kept row of
     ``table`` gains its ``scale``."""
-    if band_members not in BAND_MEMBERS:
-        raise ValueError(f"band_members must be one of {', '.join(BAND_MEMBERS)}")
+    check_choice("band_members", band_members, BAND_MEMBERS)
     if rule == "band":
         members = simplest(table, near) if band_members == "simplest" else list(near)
         scales = band_scales(good_scores[members]).tolist()
