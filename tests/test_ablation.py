@@ -21,6 +21,7 @@ ROWS = ["patch", "intra_noent_div", "inter_coreset", "full", "head_nearest_rando
         "head_residual_nearest_pooled_validated_segmenter",
         "head_residual_nearest_pooled_validated_segmenter_anywhere",
         "head_residual_nearest_pooled_validated_segmenter_whole_band",
+        "head_residual_nearest_pooled_validated_segmenter_likelihood_shrinkage",
         "head_residual_nearest_pooled_wide_validated_segmenter",
         "head_residual_nearest_validated_segmenter_pooled"]  # fmt: skip
 VALIDATED, SINGLE = "head_residual_nearest_validated", "head_residual_nearest_validated_single"
@@ -29,6 +30,12 @@ TWO_GRAINS = "head_residual_nearest_pooled_validated_segmenter"
 THREE_GRAINS = "head_residual_nearest_pooled_wide_validated_segmenter"
 ANYWHERE = "head_residual_nearest_pooled_validated_segmenter_anywhere"
 WHOLE_BAND = "head_residual_nearest_pooled_validated_segmenter_whole_band"
+LIKELIHOOD = "head_residual_nearest_pooled_validated_segmenter_likelihood_shrinkage"
+
+
+def _chosen(out: Path, key: str) -> str | float | None:
+    """The shrinkage the row's validation chose (None: the row has no validation)."""
+    return json.loads((out / "rows" / f"{key}.json").read_text())["shrinkage"]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +78,7 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
         table = list(csv.DictReader(f))
     assert [r["views"] for r in table] == ["patch-wise", "intra", "inter"] + [
         "patch + intra + inter"
-    ] * 12
+    ] * 13
     assert float(table[3]["image_auroc"]) == pytest.approx(report["rows"][3]["image_auroc"])
     assert float(table[3]["paper_mvtec"]) == 0.992
     # paper rows: the paper's head on every image; head rows: the parts they name, calibrated
@@ -86,7 +93,8 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
     random_bank = json.loads((out / "rows" / "head_nearest_random_bank.json").read_text())
     assert random_bank["config"]["bank_selection"] == "random"
     assert random_bank["record"]["score"] == "calibrated nearest, random bank"
-    # validation weighs the levels of the image score only: the same heat maps
+    # validation weighs the levels of the image score and chooses the Gaussian's shrinkage:
+    # with the likelihood's shrinkage, the same heat maps
     rows = {r["key"]: r for r in report["rows"]}
     validated = json.loads((out / "rows" / f"{VALIDATED}.json").read_text())["config"]
     assert validated["validation"] == "synthetic" and validated["segmenter"] is False
@@ -94,9 +102,11 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
     single = json.loads((out / "rows" / f"{SINGLE}.json").read_text())
     assert single["config"]["image_rule"] == "single" and single["config"]["segmenter"] is False
     assert single["record"]["score"] == "calibrated residual + nearest, validated, single weighting"
+    assert _chosen(out, "head_residual_nearest") is None
     for key in ("pixel_auroc", "aupro"):
         for row in (SINGLE, VALIDATED):
-            assert rows[row][key] == pytest.approx(rows["head_residual_nearest"][key], abs=1e-9)
+            if _chosen(out, row) == "likelihood":
+                assert rows[row][key] == pytest.approx(rows["head_residual_nearest"][key], abs=1e-9)
     # the segmenter adds to the heat map only: the same image scores, other heat maps
     segmented = json.loads((out / "rows" / f"{SEGMENTED}.json").read_text())
     assert segmented["config"]["segmenter"] is True and segmented["config"]["nearest_pool"] == 1
@@ -125,8 +135,18 @@ def test_table_files_agree_with_the_row_results(ablation: tuple[Path, Path]) -> 
     assert two["config"]["band_members"] == "simplest"
     assert whole["config"] == {**two["config"], "band_members": "all"}
     assert whole["record"]["score"] == f"{two['record']['score']}, whole band"
-    for key in ("pixel_auroc", "aupro"):
-        assert rows[WHOLE_BAND][key] == pytest.approx(two_row[key], abs=1e-9)
+    if _chosen(out, WHOLE_BAND) == _chosen(out, TWO_GRAINS):
+        for key in ("pixel_auroc", "aupro"):
+            assert rows[WHOLE_BAND][key] == pytest.approx(two_row[key], abs=1e-9)
+    # the likelihood's shrinkage: the choice alone differs, and is the likelihood's
+    likelihood = json.loads((out / "rows" / f"{LIKELIHOOD}.json").read_text())
+    assert two["config"]["shrinkage"] == "validation"
+    assert likelihood["config"] == {**two["config"], "shrinkage": "likelihood"}
+    assert likelihood["record"]["score"] == f"{two['record']['score']}, likelihood shrinkage"
+    assert likelihood["shrinkage"] == "likelihood" and _chosen(out, TWO_GRAINS) is not None
+    if _chosen(out, TWO_GRAINS) == "likelihood":
+        for key in ("image_auroc", "pixel_auroc", "aupro"):
+            assert rows[LIKELIHOOD][key] == pytest.approx(two_row[key], abs=1e-9)
     # the wide part (an option) adds to the default's heat map only
     three = json.loads((out / "rows" / f"{THREE_GRAINS}.json").read_text())
     assert three["config"] == {

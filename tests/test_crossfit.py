@@ -228,6 +228,19 @@ def test_cli_train_says_how_it_calibrated(generated, tmp_path, capsys):
     ) in printed
     model = FOD.load(out, device="cpu")
     assert model.config.calibration == "auto" and model.stats["calibration"] == "crossfit"
+    # the shrinkage line names the weight kept and every weight tried with its synthetic AUROC
+    shrinkage = model.stats["validation"]["shrinkage"]
+    chosen = shrinkage["chosen"]
+    name = "the likelihood's" if chosen == "likelihood" else f"{chosen:g}"
+    tried = ", ".join(
+        ("the likelihood's" if t["shrinkage"] == "likelihood" else f"{t['shrinkage']:g}")
+        + f" {t['image_auroc']:.3f}"
+        for t in shrinkage["tried"]
+    )
+    assert (
+        f"Gaussian shrinkage: {name}, the best synthetic image AUROC of those tried ({tried})"
+        in (printed)
+    )
     args = ["train", str(generated), "--out", str(out), "--force", "--calibration", "holdout"]
     assert main([*args, *tiny_args(epochs=1)]) == 0
     printed = capsys.readouterr().out

@@ -666,26 +666,28 @@ def test_held_out_scores_computed_once_serve_validation_and_calibration_alike(ge
 
 
 def test_fit_scores_each_held_out_image_once(generated, monkeypatch):
-    """The validation and the calibration share one scoring of the held-out images: every
-    head standardises the held-out images and the synthetic anomalies once, nothing more."""
+    """The validation and the calibration share one scoring of the held-out images: the
+    memory banks are searched for the held-out images and the synthetic anomalies once
+    (every shrinkage weight tried rescores the Gaussian parts alone), nothing more."""
+    import fod.training.shrinkage as shrinkage
     from fod.api import FOD
 
     rows: list[int] = []
-    standardised = CalibratedHead.standardised
+    scored = shrinkage.out_of_fold_scores
 
-    def counted(self, output):
-        rows.append(int(output.tokens.shape[0]))
-        return standardised(self, output)
+    def counted(scorers, groups, models, features, device="cpu"):
+        rows.append(sum(int(g.numel()) for g in groups))
+        return scored(scorers, groups, models, features, device)
 
-    monkeypatch.setattr(CalibratedHead, "standardised", counted)
+    monkeypatch.setattr(shrinkage, "out_of_fold_scores", counted)
     config = tiny_config(calibration="holdout")
     model = FOD(config, device="cpu", progress=False).fit(generated)
     report = model.stats["validation"]
-    levels = len(model.heads)
-    assert sum(rows) == levels * (report["good_images"] + report["anomalies"])
+    assert len(report["shrinkage"]["tried"]) == 5
+    assert sum(rows) == report["good_images"] + report["anomalies"]
     # cross-fitted, the out-of-fold scores come from the fit itself: only the anomalies are
     # scored, each once, by the heads of its image's fold
     rows.clear()
     model = FOD(config.replace(calibration="crossfit"), device="cpu", progress=False)
     report = model.fit(generated).stats["validation"]
-    assert sum(rows) == levels * report["anomalies"]
+    assert sum(rows) == report["anomalies"]

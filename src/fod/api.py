@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from fod.scoring import Detector
     from fod.scoring.head import CalibratedHead
     from fod.scoring.segmenter import AnomalySegmenter
-    from fod.training.fit import FitResult
 
 #: What :meth:`FOD.fit` trains on: a Category, a category folder or a folder of good images,
 #: or a list of image files and folders.
@@ -242,13 +241,12 @@ class FOD:
             )
         report, held_scores = None, result.holdout_scores
         if result.heads is not None and self.config.validation == "synthetic":
-            from fod.training.validation import token_scores
+            from fod.training.shrinkage import validate_shrinkage
 
-            assert result.holdout_indices is not None
-            held_samples = [samples[int(i)] for i in result.holdout_indices]
-            if held_scores is None:
-                held_scores = token_scores(result.models, result.heads, result.holdout, self.device)
-            report = self._validate(held_samples, result.holdout, held_scores, result)
+            chosen, report = validate_shrinkage(
+                self.config, result, features, self._backbone(), samples, self.device
+            )
+            self.heads, held_scores = chosen.heads, chosen.scores
         self._calibrate(result.holdout if result.heads is not None else features, held_scores)
         if segmenter_report is not None:
             self.stats["segmenter"] = segmenter_report
@@ -269,33 +267,6 @@ class FOD:
         self.stats["feature_seconds"] = seconds_features
         self.stats["train_seconds"] = float(sum(h.get("seconds", 0.0) for h in self.history))
         return self
-
-    def _validate(
-        self,
-        samples: Sequence[Sample],
-        features: list[Tensor],
-        scores: list[Tensor],
-        result: FitResult,
-    ) -> dict[str, Any]:
-        """Synthetic anomalies on the held-out images (their features and token ``scores``
-        at hand; cross-fitted, every image and its out-of-fold scores): weightings of the
-        image score and the threshold (:mod:`fod.training.validation`)."""
-        from fod.training.validation import validate_samples
-
-        assert self.levels is not None and self.heads is not None
-        crossfit = result.crossfit
-        return validate_samples(
-            self.levels,
-            self.heads,
-            self._backbone(),
-            samples,
-            features,
-            self.config,
-            self.device,
-            good_scores=scores,
-            fold_heads=crossfit.fold_heads if crossfit is not None else None,
-            fold_of=crossfit.fold_of if crossfit is not None else None,
-        )
 
     def _calibrate(self, features: list[Tensor], scores: list[Tensor] | None = None) -> None:
         """Threshold and heat-map range from good images' scores: the held-out ones with the

@@ -60,6 +60,7 @@ TRAINING_KEYS: tuple[str, ...] = (
     "seed",
     "holdout",
     "calibration",
+    "shrinkage",
     "bank_size",
     "pooled_bank_size",
     "bank_selection",
@@ -96,6 +97,12 @@ BAND_MEMBERS: tuple[str, ...] = ("simplest", "all")
 #: fod.training.validation.BAND_MIN_HELDOUT images (about 100 good images) and holds out
 #: a slice from there on.
 CALIBRATIONS: tuple[str, ...] = ("auto", "holdout", "crossfit")
+#: How the calibrated head's Gaussian parts choose their shrinkage towards a shared covariance
+#: (fod.training.shrinkage): ``likelihood`` the weight that gives the held-out good images the
+#: highest likelihood; ``validation`` that weight or one of fod.training.shrinkage.CANDIDATES,
+#: whichever the synthetic validation scores best (ties: the likelihood's). Without the
+#: synthetic validation it is ``likelihood``.
+SHRINKAGES: tuple[str, ...] = ("validation", "likelihood")
 #: Where the synthetic anomalies of the validation and of the segmenter's training fall
 #: (fod.data.anomalies.PLACEMENTS): ``content`` only where the image has texture (on the
 #: product), ``anywhere`` the whole image.
@@ -167,6 +174,7 @@ class FODConfig:
     seed: int = 3407
     holdout: float = 0.2
     calibration: str = "auto"
+    shrinkage: str = "validation"
     bank_size: int = 32768
     pooled_bank_size: int = 8192
     bank_selection: str = "coverage"
@@ -273,6 +281,7 @@ class FODConfig:
         check_choice("validation", self.validation, VALIDATIONS)
         check_choice("image_rule", self.image_rule, IMAGE_RULES)
         check_choice("calibration", self.calibration, CALIBRATIONS)
+        check_choice("shrinkage", self.shrinkage, SHRINKAGES)
         check_choice("band_members", self.band_members, BAND_MEMBERS)
         check_choice("anomaly_placement", self.anomaly_placement, ANOMALY_PLACEMENTS)
         if not isinstance(self.segmenter, bool):
@@ -286,6 +295,7 @@ class FODConfig:
             put("segmenter", False)
         if self.validation == "none":  # no weightings to choose among: the plain average
             put("image_rule", "single")
+            put("shrinkage", "likelihood")
         if not self.segmenter:  # the context path is a part of the segmenter
             put("segmenter_context", False)
         _positive_int("epochs", self.epochs)
@@ -390,8 +400,8 @@ def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     random; none before the anomaly segmenter had one, and a segmenter before its context
     path had none; a validation before the band rule kept a single weighting, one before
     the placement on content put its anomalies anywhere, and a band before its simplest
-    members averaged all of them; a calibration before cross-fitting held out a slice; a
-    nearest part
+    members averaged all of them; a calibration before cross-fitting held out a slice, and
+    a shrinkage before its validation was the likelihood's; a nearest part
     before the local average searched each token alone."""
     out = dict(data)
     if "head" not in out:
@@ -405,6 +415,7 @@ def legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
     out.setdefault("anomaly_placement", "anywhere")
     out.setdefault("band_members", "all")
     out.setdefault("calibration", "holdout")
+    out.setdefault("shrinkage", "likelihood")
     out.setdefault("nearest_pool", 1)
     return out
 
@@ -471,6 +482,7 @@ __all__ = [
     "MIN_IMAGE_SIZE",
     "PAPER",
     "PRESETS",
+    "SHRINKAGES",
     "SIGNATURE_KEYS",
     "TRAINING_KEYS",
     "VALIDATIONS",

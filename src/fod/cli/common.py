@@ -43,6 +43,7 @@ _CONFIG_OPTIONS = {
     "head_parts": "head_parts",
     "holdout": "holdout",
     "calibration": "calibration",
+    "shrinkage": "shrinkage",
     "bank_size": "bank_size",
     "pooled_bank_size": "pooled_bank_size",
     "bank_selection": "bank_selection",
@@ -127,9 +128,11 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         HEADS,
         IMAGE_RULES,
         PRESETS,
+        SHRINKAGES,
         VALIDATIONS,
         FODConfig,
     )
+    from fod.training.shrinkage import CANDIDATES as SHRINKAGE_CANDIDATES
     from fod.training.validation import BAND_MIN_HELDOUT
 
     d = FODConfig()
@@ -231,6 +234,15 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         "fitted on the others, train on all of them; auto: crossfit while the held-out "
         f"fraction would be under {BAND_MIN_HELDOUT} images, holdout from there on "
         f"(default: {d.calibration})",
+    )
+    g.add_argument(
+        "--shrinkage",
+        choices=SHRINKAGES,
+        help="how the Gaussian parts of the head choose their shrinkage towards a shared "
+        "covariance: likelihood: the weight that gives held-out good images the highest "
+        "likelihood; validation: that weight or one of "
+        f"{', '.join(f'{c:g}' for c in SHRINKAGE_CANDIDATES)}, whichever the synthetic "
+        f"validation scores best (default: {d.shrinkage})",
     )
     g.add_argument(
         "--bank-size",

@@ -92,7 +92,7 @@ def run_ablation(
     from fod.training import fit, train
     from fod.training.fit import fit_heads
     from fod.training.segmenter import fit_model_segmenter
-    from fod.training.validation import validate_samples
+    from fod.training.shrinkage import validate_shrinkage
 
     out = Path(out_dir).expanduser()
     all_rows = ablation_rows(config.variant.coreset_size)
@@ -134,6 +134,7 @@ def run_ablation(
                 nearest_pool=row.nearest_pool,
                 anomaly_placement=row.anomaly_placement,
                 band_members=row.band_members,
+                shrinkage=row.shrinkage,
             )
         result_path = out / "rows" / f"{row.key}.json"
         head = f"[{index}/{len(chosen)}] {row.key} ({row.views}, {row.score})"
@@ -144,6 +145,7 @@ def run_ablation(
             continue
         start = time.perf_counter()
         segmenter = None
+        shrinkage = None  # the Gaussian parts' shrinkage the validation chose, if it chose
         if row.head_parts is None:
             state = out / "rows" / f"{row.key}.state.pt"
             log(f"{head}: training")
@@ -161,8 +163,12 @@ def run_ablation(
             heads = fit_heads(row_config, result.models, train_features, result.holdout, device)
             models, history = result.models, result.history
             if row.validation == "synthetic":
-                held = [category.train[int(i)] for i in result.holdout_indices]
-                validate_samples(models, heads, backbone, held, result.holdout, row_config, device)
+                row_result = dataclasses.replace(result, heads=heads)
+                validated, report = validate_shrinkage(
+                    row_config, row_result, features.train, backbone, category.train, device
+                )
+                heads = validated.heads
+                shrinkage = report.get("shrinkage", {}).get("chosen", "likelihood")
             if row.segmenter:
                 segmenter, _ = fit_model_segmenter(
                     backbone, category.train, features.train, result, row_config, device, progress
@@ -180,7 +186,12 @@ def run_ablation(
         )
         metrics = features.evaluate(maps, scores)
         record = _row_record(row, metrics, seconds)
-        payload = {"config": row_config.to_dict(), "record": record, "history": history}
+        payload = {
+            "config": row_config.to_dict(),
+            "record": record,
+            "history": history,
+            "shrinkage": shrinkage,
+        }
         write_json(result_path, to_jsonable(payload))
         if row.head_parts is None:
             state.unlink(missing_ok=True)
@@ -205,7 +216,8 @@ def run_ablation(
         "fit split and differ in the parts of their head (validated: the image score's "
         "weightings of levels and parts chosen on synthetic anomalies by the default rule, the "
         "mean of those near the best from 20 held-out images on, or, single, the one nearest "
-        "the plain average; segmenter: the anomaly "
+        "the plain average, and the Gaussian parts' shrinkage chosen by the same validation "
+        "unless the row says likelihood; segmenter: the anomaly "
         "segmenter added to the heat map; with context: with its pooled context path).\n\n"
     )
 

@@ -10,8 +10,9 @@ sums (``head_parts``), calibrated on the held-out split; the last four add the a
 segmenter to the heat map: with the pooled part in the heat map (the default), with the
 segmenter's context path, and with the nearest part on local averages of 3 x 3 tokens; one
 more puts the synthetic anomalies (the validation's and the segmenter's) anywhere on the image
-instead of on content, and one averages every weighting of the validation's band in the image
-score instead of its simplest.
+instead of on content, one averages every weighting of the validation's band in the image
+score instead of its simplest, and one keeps the Gaussian parts' shrinkage that the held-out
+likelihood chose instead of letting the validation choose it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class AblationRow:
     nearest_pool: int = 1
     anomaly_placement: str = "content"
     band_members: str = "simplest"
+    shrinkage: str = "validation"
 
 
 _RN = ("residual", "nearest")
@@ -58,7 +60,8 @@ _RNPW = ("residual", "nearest", "pooled", "wide")
 #: pooled row what the pooled part adds to the heat map, the last three rows what the wide
 #: part, the segmenter's context path and the nearest part's 3 x 3 local average (options)
 #: add; the row ending ``_anywhere`` what placing the synthetic anomalies on content adds,
-#: the row ending ``_whole_band`` what averaging only the band's simplest weightings adds.
+#: the row ending ``_whole_band`` what averaging only the band's simplest weightings adds, the
+#: row ending ``_likelihood_shrinkage`` what the validation's choice of shrinkage adds.
 #: Validation: "none", or the synthetic one with the image rule "auto" (the default's) or
 #: "single". Segmenter: "" (none), "local" (the default's) or "context". The nearest part
 #: searches each token alone in every row but the one named ``_pooled``.
@@ -90,6 +93,13 @@ HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, str], ...] = (
         "coverage",
         "local",
     ),
+    (
+        "head_residual_nearest_pooled_validated_segmenter_likelihood_shrinkage",
+        _RNP,
+        "auto",
+        "coverage",
+        "local",
+    ),
     ("head_residual_nearest_pooled_wide_validated_segmenter", _RNPW, "auto", "coverage", "local"),
     ("head_residual_nearest_validated_segmenter_context", _RN, "auto", "coverage", "context"),
     ("head_residual_nearest_validated_segmenter_pooled", _RN, "auto", "coverage", "local"),
@@ -97,11 +107,14 @@ HEAD_ROWS: tuple[tuple[str, tuple[str, ...], str, str, str], ...] = (
 #: The rows that differ from the default in more than the tuple above says, as
 #: :class:`AblationRow` fields (every other row keeps the default's values): the nearest part
 #: on 3 x 3 averages of tokens, the synthetic anomalies anywhere, the whole band in the image
-#: score.
+#: score, the likelihood's shrinkage.
 ROW_SETTINGS: dict[str, dict[str, Any]] = {
     "head_residual_nearest_validated_segmenter_pooled": {"nearest_pool": 3},
     "head_residual_nearest_pooled_validated_segmenter_anywhere": {"anomaly_placement": "anywhere"},
     "head_residual_nearest_pooled_validated_segmenter_whole_band": {"band_members": "all"},
+    "head_residual_nearest_pooled_validated_segmenter_likelihood_shrinkage": {
+        "shrinkage": "likelihood"
+    },
 }
 
 
@@ -113,6 +126,7 @@ def _head_score(
     nearest_pool: int = 1,
     anomaly_placement: str = "content",
     band_members: str = "simplest",
+    shrinkage: str = "validation",
 ) -> str:
     text = "calibrated " + " + ".join(parts)
     if "nearest" in parts and bank_selection != "coverage":
@@ -124,7 +138,10 @@ def _head_score(
     pooled = f", nearest on {nearest_pool} x {nearest_pool} averages" if nearest_pool > 1 else ""
     anywhere = ", anomalies anywhere" if anomaly_placement == "anywhere" else ""
     whole = ", whole band" if band_members == "all" and validation == "auto" else ""
-    return text + kind + pooled + anywhere + whole
+    likelihood = (
+        ", likelihood shrinkage" if shrinkage == "likelihood" and validation != "none" else ""
+    )
+    return text + kind + pooled + anywhere + whole + likelihood
 
 
 def head_rows() -> list[AblationRow]:

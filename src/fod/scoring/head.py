@@ -56,6 +56,8 @@ from fod.scoring.normality import (
 
 #: The parts a calibrated head can sum, in a fixed order.
 PARTS = ("residual", "feature", "nearest", "pooled", "wide", "paper")
+#: Parts scored by a per-position Gaussian, whose shrinkage weight is fitted (:func:`fit_head`).
+GAUSSIAN_PARTS = ("residual", "feature")
 #: Parts that need the transformer's output (the others use the features alone).
 MODEL_PARTS = frozenset({"residual", "paper"})
 #: Parts of the heat map only: their image weight is always 0 (defined beside the config's
@@ -119,7 +121,7 @@ class CalibratedHead(nn.Module):
         self.pool = int(pool)
         if tokens != self.height * self.width:
             raise ValueError(f"{tokens} tokens do not fill a {height} x {width} grid")
-        for name in ("residual", "feature"):
+        for name in GAUSSIAN_PARTS:
             if name in self.parts:
                 self.register_buffer(f"{name}_mean", torch.zeros(tokens, channels))
                 self.register_buffer(f"{name}_precision", torch.zeros(tokens, channels, channels))
@@ -148,12 +150,17 @@ class CalibratedHead(nn.Module):
     def needs_model(self) -> bool:
         return any(p in MODEL_PARTS for p in self.parts)
 
-    def part_scores(self, output: FODOutput, paper: Tensor | None = None) -> list[Tensor]:
+    def part_scores(
+        self, output: FODOutput, paper: Tensor | None = None, only: Sequence[str] | None = None
+    ) -> list[Tensor]:
         """Raw (B, L) score of each part, in :attr:`parts` order (``paper``: the paper part's
-        scores when already computed; otherwise ``output`` needs the score's Div fields)."""
+        scores when already computed; otherwise ``output`` needs the score's Div fields;
+        ``only``: just the parts named there)."""
         x = output.tokens
         out = []
         for part in self.parts:
+            if only is not None and part not in only:
+                continue
             if part == "residual":
                 r = x - output.reconstruction
                 out.append(mahalanobis(r, self.residual_mean, self.residual_precision))
@@ -286,19 +293,15 @@ def fit_head(
     held = None
     if holdout_features is not None:
         held = _outputs(model, holdout_features, batch_size, device, paper="paper" in parts)
-    for name in ("residual", "feature"):
+    for name in GAUSSIAN_PARTS:
         if name in parts:
-            fit_x = tokens - recon if name == "residual" else tokens
             if shrinkage is not None:
                 shrink = float(shrinkage[name])
             else:
                 assert held is not None
-                held_x = held[0] - held[1] if name == "residual" else held[0]
-                shrink = choose_shrinkage(fit_x, held_x)
-            mean, precision = fit_gaussian(fit_x, shrink=shrink)
-            setattr(head, f"{name}_mean", mean)
-            setattr(head, f"{name}_precision", precision)
-            head.shrinkage[name] = shrink
+                held_x = _gaussian_input(name, held[0], held[1])
+                shrink = choose_shrinkage(_gaussian_input(name, tokens, recon), held_x)
+            _set_gaussian(head, name, _gaussian_input(name, tokens, recon), shrink)
     for part, name in BANKS.items():
         if part in parts:
             averaged = local_average(tokens, spec.height, spec.width, head.side(part))
@@ -309,6 +312,46 @@ def fit_head(
             scores = head.part_scores(FODOutput(held[0], held[1]), held[2])
         calibrate_head(head, torch.stack(scores, dim=1))
     return head.to(device).eval()
+
+
+def _gaussian_input(part: str, tokens: Tensor, reconstruction: Tensor) -> Tensor:
+    """What a Gaussian part models: the discrepancy for ``residual``, the tokens for ``feature``."""
+    return tokens - reconstruction if part == "residual" else tokens
+
+
+def _set_gaussian(head: CalibratedHead, part: str, fit_x: Tensor, shrink: float) -> None:
+    mean, precision = fit_gaussian(fit_x, shrink=shrink)
+    setattr(head, f"{part}_mean", mean.to(head.center.device))
+    setattr(head, f"{part}_precision", precision.to(head.center.device))
+    head.shrinkage[part] = float(shrink)
+
+
+def model_outputs(
+    model: nn.Module,
+    features: Tensor,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+) -> FODOutput:
+    """Tokens and reconstructions (N, L, C) of ``features`` (N, C, H, W), on the CPU: what
+    the Gaussian parts (:data:`GAUSSIAN_PARTS`) are fitted on and score."""
+    device = torch.device(device)
+    tokens, recon, _ = _outputs(model.to(device).eval(), features, batch_size, device, False)
+    return FODOutput(tokens.cpu(), recon.cpu())
+
+
+def with_shrinkage(head: CalibratedHead, fit: FODOutput, shrink: float) -> CalibratedHead:
+    """A copy of ``head`` whose Gaussian parts (:data:`GAUSSIAN_PARTS`) are fitted again with
+    shrinkage weight ``shrink`` on ``fit``, the :func:`model_outputs` of the images ``head``
+    was fitted on; banks, centre and scale are copied (calibrate it again)."""
+    state = {k: v.cpu() for k, v in head.state_dict().items()}
+    copy = CalibratedHead.from_state_dict(
+        state, head.parts, head.variant, head.height, head.width, head.pool
+    )
+    copy.shrinkage = dict(head.shrinkage)
+    for name in GAUSSIAN_PARTS:
+        if name in copy.parts:
+            _set_gaussian(copy, name, _gaussian_input(name, fit.tokens, fit.reconstruction), shrink)
+    return copy.to(head.center.device).eval()
 
 
 def raw_part_scores(
@@ -327,6 +370,18 @@ def raw_part_scores(
         return torch.stack(head.to(device).part_scores(FODOutput(tokens, recon), paper), dim=1)
 
 
+def gaussian_part_scores(head: CalibratedHead, output: FODOutput) -> Tensor:
+    """(N, G, L): the raw token scores of just the Gaussian parts of ``head``
+    (:data:`GAUSSIAN_PARTS`, in its order) for ``output`` (:func:`model_outputs`), on the
+    CPU: all that a change of shrinkage changes."""
+    output = FODOutput(
+        output.tokens.to(head.center.device), output.reconstruction.to(head.center.device)
+    )
+    with torch.no_grad():
+        scores = head.part_scores(output, only=GAUSSIAN_PARTS)
+    return torch.stack(scores, dim=1).cpu()
+
+
 def calibrate_head(head: CalibratedHead, scores: Tensor) -> None:
     """Set each part's centre and scale to the mean and spread of its raw ``scores``
     (N, P, L) of good images the head's statistics did not see."""
@@ -339,6 +394,7 @@ def calibrate_head(head: CalibratedHead, scores: Tensor) -> None:
 __all__ = [
     "AVERAGED_SIDES",
     "BANKS",
+    "GAUSSIAN_PARTS",
     "MAP_PARTS",
     "MODEL_PARTS",
     "PARTS",
@@ -348,6 +404,9 @@ __all__ = [
     "calibrate_head",
     "check_parts",
     "fit_head",
+    "gaussian_part_scores",
     "image_part_mask",
+    "model_outputs",
     "raw_part_scores",
+    "with_shrinkage",
 ]

@@ -68,17 +68,27 @@ def make_folds(n: int, k: int, seed: int) -> list[Tensor]:
     return [order[j::k].sort().values for j in range(k)]
 
 
+def fold_rests(folds: Sequence[Tensor]) -> list[Tensor]:
+    """For each fold, the sorted indices of every other fold: the images its heads fit on."""
+    return [
+        torch.cat([f for i, f in enumerate(folds) if i != j]).sort().values
+        for j in range(len(folds))
+    ]
+
+
 @dataclass
 class CrossFit:
     """The heads that score new images (fitted on every image, calibrated out of fold), each
     fold's heads (with the same calibration), the folds, the fold of every image, and the
-    images' out-of-fold standardised token scores, one (N, P, H_l, W_l) tensor per level."""
+    images' out-of-fold standardised token scores, one (N, P, H_l, W_l) tensor per level,
+    and the raw scores they were standardised from, one (N, P, L) per level."""
 
     heads: list[CalibratedHead]
     fold_heads: list[list[CalibratedHead]]
     folds: list[Tensor]
     fold_of: Tensor
     scores: list[Tensor]
+    raw: list[Tensor]
 
 
 def crossfit_heads(
@@ -100,44 +110,76 @@ def crossfit_heads(
         "pool": config.nearest_pool,
         "pooled_bank_size": config.pooled_bank_size,
     }
-    fold_heads: list[list[CalibratedHead]] = []
-    raw: list[Tensor] = []  # per level: (N, P, L) out-of-fold raw scores
-    for j, held in enumerate(folds):
-        rest = torch.cat([f for i, f in enumerate(folds) if i != j]).sort().values
-        heads = []
-        for level, (model, f) in enumerate(zip(models, features, strict=True)):
-            head = fit_head(config.head_parts, model, f[rest], f[held], config.bank_size, **options)
-            scores = raw_part_scores(head, model, f[held], device=device)
-            if j == 0:
-                raw.append(torch.empty(n, *scores.shape[1:]))
-            raw[level][held] = scores
-            heads.append(head)
-        fold_heads.append(heads)
+    fold_heads = [
+        [
+            fit_head(config.head_parts, model, f[rest], f[held], config.bank_size, **options)
+            for model, f in zip(models, features, strict=True)
+        ]
+        for rest, held in zip(fold_rests(folds), folds, strict=True)
+    ]
+    raw = out_of_fold_scores(fold_heads, folds, models, features, device)
     final = []
     for level, (model, f) in enumerate(zip(models, features, strict=True)):
         shrinkage = {
             name: sum(h[level].shrinkage[name] for h in fold_heads) / len(fold_heads)
             for name in fold_heads[0][level].shrinkage
         }
-        head = fit_head(
-            config.head_parts, model, f, None, config.bank_size, shrinkage=shrinkage, **options
+        final.append(
+            fit_head(
+                config.head_parts, model, f, None, config.bank_size, shrinkage=shrinkage, **options
+            )
         )
-        for h in [head, *(heads[level] for heads in fold_heads)]:
-            calibrate_head(h, raw[level])
-        final.append(head)
+    scores = calibrate_folds(final, fold_heads, raw)
+    return CrossFit(final, fold_heads, folds, fold_of, scores, raw)
+
+
+def out_of_fold_scores(
+    fold_heads: Sequence[Sequence[CalibratedHead]],
+    folds: Sequence[Tensor],
+    models: Sequence[FODTransformer],
+    features: Sequence[Tensor],
+    device: str | torch.device = "cpu",
+) -> list[Tensor]:
+    """Per level, the (N, P, L) raw part scores of every image by the heads of its fold."""
+    n = int(features[0].shape[0])
+    raw = []
+    for level, (model, f) in enumerate(zip(models, features, strict=True)):
+        out: Tensor | None = None
+        for heads, held in zip(fold_heads, folds, strict=True):
+            scores = raw_part_scores(heads[level], model, f[held], device=device)
+            if out is None:
+                out = torch.empty(n, *scores.shape[1:])
+            out[held] = scores
+        assert out is not None
+        raw.append(out)
+    return raw
+
+
+def calibrate_folds(
+    heads: Sequence[CalibratedHead],
+    fold_heads: Sequence[Sequence[CalibratedHead]],
+    raw: Sequence[Tensor],
+) -> list[Tensor]:
+    """Calibrate ``heads`` and every fold's heads on the out-of-fold ``raw`` part scores (one
+    (N, P, L) per level) and return those scores standardised, one (N, P, H_l, W_l) each."""
     scores = []
-    for level, head in enumerate(final):
+    for level, head in enumerate(heads):
+        for h in [head, *(fold[level] for fold in fold_heads)]:
+            calibrate_head(h, raw[level])
         z = (raw[level] - head.center.cpu().view(1, -1, 1)) / head.scale.cpu().view(1, -1, 1)
-        scores.append(z.reshape(n, len(head.parts), head.height, head.width))
-    return CrossFit(final, fold_heads, folds, fold_of, scores)
+        scores.append(z.reshape(z.shape[0], len(head.parts), head.height, head.width))
+    return scores
 
 
 __all__ = [
     "CrossFit",
+    "calibrate_folds",
     "crossfit_heads",
     "fold_count",
+    "fold_rests",
     "holdout_count",
     "image_order",
     "make_folds",
+    "out_of_fold_scores",
     "resolve_calibration",
 ]

@@ -30,9 +30,9 @@ image AUROC ranked them as the real ones did (README, "Why the default is what i
 from __future__ import annotations
 
 import itertools
-import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,14 +40,13 @@ import torch
 from torch import Tensor
 
 from fod.batches import map_batches
-from fod.config import BAND_MEMBERS, IMAGE_RULES, INFERENCE_BATCH_SIZE, FODConfig, check_choice
-from fod.data import Sample, load_batch
+from fod.config import BAND_MEMBERS, IMAGE_RULES, INFERENCE_BATCH_SIZE, check_choice
 from fod.data.anomalies import synthetic_anomalies
 from fod.metrics import pixel_auroc
 from fod.metrics.classification import auroc_from_groups
 from fod.model import FODTransformer
 from fod.scoring.anomaly_map import DEFAULT_SIGMA, anomaly_map
-from fod.scoring.detector import level_scores, weighted_image_scores, weighting_maxima
+from fod.scoring.detector import level_scores, weighting_maxima
 from fod.scoring.head import MAP_PARTS, CalibratedHead
 from fod.training.features import image_features
 
@@ -290,6 +289,34 @@ def fold_token_scores(
     return out
 
 
+@dataclass
+class SyntheticSet:
+    """The validation's anomalies: images (M, 3, S, S), masks (M, S, S), kinds, and backbone
+    features (one (M, C, H, W) per level); anomaly i is made on good image i mod N. Made once,
+    it serves every head that is validated on the same good images."""
+
+    images: Tensor
+    masks: Tensor
+    kinds: list[str]
+    features: list[Tensor]
+
+
+def synthetic_set(
+    backbone: torch.nn.Module,
+    good_images: Tensor,
+    seed: int = 0,
+    placement: str = "content",
+    device: str | torch.device = "cpu",
+) -> SyntheticSet:
+    """Anomalies on ``good_images`` (N, 3, S, S): :data:`PER_IMAGE` per image, at least
+    :data:`MIN_ANOMALIES`, placed by ``placement``, with their backbone features."""
+    count = max(MIN_ANOMALIES, PER_IMAGE * int(good_images.shape[0]))
+    images, masks, kinds = synthetic_anomalies(good_images, count, seed, placement=placement)
+    return SyntheticSet(
+        images, masks, kinds, image_features(backbone, images, torch.device(device))
+    )
+
+
 def validate(
     levels: Sequence[FODTransformer],
     heads: Sequence[CalibratedHead],
@@ -306,6 +333,8 @@ def validate(
     band_members: str = "simplest",
     fold_heads: Sequence[Sequence[CalibratedHead]] | None = None,
     fold_of: Tensor | None = None,
+    anomalies: SyntheticSet | None = None,
+    anomalous_scores: Sequence[Tensor] | None = None,
 ) -> dict[str, Any]:
     """Set each head's ``image_weight`` from synthetic anomalies on ``good_images`` (the
     held-out images, (N, 3, S, S) in [0, 1], with their backbone ``good_features``) by
@@ -319,19 +348,24 @@ def validate(
     the anomalies fall (:data:`fod.data.anomalies.PLACEMENTS`). Cross-fitted
     (:mod:`fod.training.crossfit`): ``fold_heads`` and each good image's fold ``fold_of``;
     an anomaly is scored by the heads of its image's fold, and ``good_scores`` must be the
-    images' out-of-fold scores."""
+    images' out-of-fold scores. ``anomalies``: the :func:`synthetic_set` of ``good_images``
+    (``seed``, ``placement``) where the caller has made it, and ``anomalous_scores`` their
+    token scores where it has those (then ``heads`` only receive the weightings)."""
     n = int(good_images.shape[0])
     asked, rule = rule, resolve_rule(rule, n)
     device = torch.device(device)
-    count = max(MIN_ANOMALIES, PER_IMAGE * n)
-    images, masks, kinds = synthetic_anomalies(good_images, count, seed, placement=placement)
+    if anomalies is None:
+        anomalies = synthetic_set(backbone, good_images, seed, placement, device)
+    count, masks = int(anomalies.masks.shape[0]), anomalies.masks
     good = (
         list(good_scores)
         if good_scores is not None
         else token_scores(levels, heads, good_features, device)
     )
-    anomaly_features = image_features(backbone, images, device)
-    if fold_heads is None:
+    anomaly_features = anomalies.features
+    if anomalous_scores is not None:
+        anomalous = list(anomalous_scores)
+    elif fold_heads is None:
         anomalous = token_scores(levels, heads, anomaly_features, device)
     else:
         if fold_of is None or good_scores is None:
@@ -339,12 +373,15 @@ def validate(
         source = torch.arange(count) % n  # anomaly i is made on good image i mod n
         anomalous = fold_token_scores(levels, fold_heads, fold_of[source], anomaly_features, device)
     parts = heads[0].parts
-    table, near, g_all, _ = rate_weightings(good, anomalous, parts, image_size, sigma)
+    table, near, g_all, a_all = rate_weightings(good, anomalous, parts, image_size, sigma)
     members, weights = rule_weights(rule, table, near, g_all, parts, band_members)
     for head, w in zip(heads, weights, strict=True):
         head.image_weight = w.to(head.image_weight.device)
-    g_scores = weighted_image_scores(good, weights, image_size, sigma).double().numpy()
-    a_scores = weighted_image_scores(anomalous, weights, image_size, sigma).double().numpy()
+    # the image score is the mean of the kept weightings' maxima, each over its spread: a
+    # blurred maximum scales with its weights, so the rated rows give it without a new blur
+    scales = torch.tensor([table[i]["scale"] for i in members], dtype=g_all.dtype).view(-1, 1)
+    g_scores = (g_all[members] / scales).mean(0).double().numpy()
+    a_scores = (a_all[members] / scales).mean(0).double().numpy()
     k = PIXEL_STRIDE
     maps = torch.cat(
         [
@@ -357,7 +394,7 @@ def validate(
         "good_images": n,
         "anomalies": count,
         "placement": placement,
-        "kinds": dict(Counter(kinds)),
+        "kinds": dict(Counter(anomalies.kinds)),
         "image_rule": rule,
         "image_rule_asked": asked,
         "band_members": band_members,
@@ -371,49 +408,12 @@ def validate(
     }
 
 
-def validate_samples(
-    levels: Sequence[FODTransformer],
-    heads: Sequence[CalibratedHead],
-    backbone: torch.nn.Module,
-    samples: Sequence[Sample],
-    features: Sequence[Tensor],
-    config: FODConfig,
-    device: str | torch.device = "cpu",
-    good_scores: Sequence[Tensor] | None = None,
-    fold_heads: Sequence[Sequence[CalibratedHead]] | None = None,
-    fold_of: Tensor | None = None,
-) -> dict[str, Any]:
-    """:func:`validate` on held-out ``samples`` (read from disk at ``config.image_size``)
-    whose backbone ``features`` (and, if given, their :func:`token_scores`; cross-fitted,
-    their out-of-fold scores, ``fold_heads`` and ``fold_of``) are at hand; the report also
-    gives its ``seconds``."""
-    start = time.perf_counter()
-    images = load_batch([s.image for s in samples], config.image_size)
-    report = validate(
-        levels,
-        heads,
-        backbone,
-        images,
-        features,
-        config.image_size,
-        config.seed,
-        device,
-        rule=config.image_rule,
-        good_scores=good_scores,
-        placement=config.anomaly_placement,
-        band_members=config.band_members,
-        fold_heads=fold_heads,
-        fold_of=fold_of,
-    )
-    report["seconds"] = time.perf_counter() - start
-    return report
-
-
 __all__ = [
     "BAND_MIN_HELDOUT",
     "MIN_ANOMALIES",
     "THRESHOLD_RULE",
     "WEIGHT_STEP",
+    "SyntheticSet",
     "auroc_standard_error",
     "band_scales",
     "fold_token_scores",
@@ -426,9 +426,9 @@ __all__ = [
     "rule_weights",
     "separating_threshold",
     "simplest",
+    "synthetic_set",
     "token_scores",
     "validate",
-    "validate_samples",
     "weight_grid",
     "weightings",
 ]

@@ -150,6 +150,19 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
             f"the heads' heat map {report['pixel_auroc']:.3f} pixel AUROC), "
             f"{report['seconds']:.1f} s"
         )
+        shrinkage = report.get("shrinkage")
+        if shrinkage:
+            tried = ", ".join(
+                f"{_weight(t['shrinkage'])} {t['image_auroc']:.3f}" for t in shrinkage["tried"]
+            )
+            print(
+                f"Gaussian shrinkage: {_weight(shrinkage['chosen'])}, the best synthetic image "
+                f"AUROC of those tried ({tried}); per level and part now "
+                + "; ".join(
+                    ", ".join(f"{part} {w:.2f}" for part, w in level.items())
+                    for level in stats.get("head_shrinkage", [])
+                )
+            )
     seg = stats.get("segmenter")
     if seg:
         print(
@@ -158,3 +171,8 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
             f"{seg['seconds']:.1f} s"
         )
     return 0
+
+
+def _weight(weight: float | str) -> str:
+    """A shrinkage weight as the report names it: a number, or the likelihood's choice."""
+    return "the likelihood's" if weight == "likelihood" else f"{weight:g}"
