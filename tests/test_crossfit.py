@@ -232,15 +232,17 @@ def test_cli_train_says_how_it_calibrated(generated, tmp_path, capsys):
     shrinkage = model.stats["validation"]["shrinkage"]
     chosen = shrinkage["chosen"]
     name = "the likelihood's" if chosen == "likelihood" else f"{chosen:g}"
+    first, *others = shrinkage["tried"]
     tried = ", ".join(
-        ("the likelihood's" if t["shrinkage"] == "likelihood" else f"{t['shrinkage']:g}")
-        + f" {t['image_auroc']:.3f}"
-        for t in shrinkage["tried"]
+        [f"the likelihood's {first['image_auroc']:.3f}"]
+        + [
+            f"{t['shrinkage']:g} {t['image_auroc']:.3f} "
+            f"({t['gain']:+.3f} +- {t['standard_error']:.3f})"
+            for t in others
+        ]
     )
-    assert (
-        f"Gaussian shrinkage: {name}, the best synthetic image AUROC of those tried ({tried})"
-        in (printed)
-    )
+    rule = shrinkage["rule"]
+    assert f"Gaussian shrinkage: {name} ({rule}; synthetic image AUROC {tried})" in printed
     args = ["train", str(generated), "--out", str(out), "--force", "--calibration", "holdout"]
     assert main([*args, *tiny_args(epochs=1)]) == 0
     printed = capsys.readouterr().out

@@ -4,6 +4,7 @@ the likelihood's), the config key, and the whole fit's report."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
@@ -23,7 +24,12 @@ from fod.training.shrinkage import (
     refitted,
     scored_rows,
 )
-from fod.training.validation import fold_token_scores, token_scores
+from fod.training.validation import (
+    auroc_standard_error,
+    fold_token_scores,
+    paired_auroc_gain,
+    token_scores,
+)
 
 
 def _residuals(model: FODTransformer, features: torch.Tensor) -> torch.Tensor:
@@ -118,30 +124,45 @@ def test_refitted_cross_fitted_heads_fit_each_fold_on_the_others():
 
 
 @pytest.mark.parametrize(
-    ("aurocs", "chosen"),
+    ("aurocs", "gains", "chosen"),
     [
-        ((0.90, 0.95, 0.97, 0.96, 0.80), 0.2),
-        ((0.97, 0.95, 0.97, 0.97, 0.80), "likelihood"),  # a tie keeps the likelihood's
-        ((0.90, 0.95, 0.95, 0.93, 0.95), 0.0),  # the first of equals
+        # the best of those clearly ahead of the likelihood's weight
+        ((0.90, 0.95, 0.97, 0.96, 0.80), (0.05, 0.07, 0.06, -0.1), 0.2),
+        # ahead, but within a standard error: the likelihood's stays
+        ((0.90, 0.95, 0.97, 0.96, 0.80), (0.005, 0.007, 0.006, -0.1), "likelihood"),
+        # the best is within its error, the second clearly ahead
+        ((0.90, 0.95, 0.97, 0.93, 0.80), (0.05, 0.007, 0.03, -0.1), 0.0),
+        # clearly ahead and equal: the first
+        ((0.90, 0.95, 0.95, 0.93, 0.95), (0.05, 0.05, 0.03, 0.05), 0.0),
     ],
 )
-def test_the_best_synthetic_auroc_is_kept(monkeypatch, generated, aurocs, chosen):
+def test_a_weight_is_kept_only_when_clearly_ahead(monkeypatch, generated, aurocs, gains, chosen):
     from fod.api import FOD
 
     calls = []
 
     def rated(levels, heads, *args, **kwargs):
         calls.append(heads)
-        seen = len(calls) - 1
-        return {"image_auroc": aurocs[seen], "seen": seen, "threshold": 1.0, "threshold_rule": ""}
+        seen = len(calls) - 1  # each report's scores say which call made them
+        scores = {"good": [float(seen)], "anomalous": [float(seen)]}
+        return {"image_auroc": aurocs[seen], "seen": seen, "threshold": 1.0,
+                "threshold_rule": "", "image_scores": scores}  # fmt: skip
+
+    def gain(positives, negatives, base_positives, base_negatives):
+        assert base_positives == [0.0] and base_negatives == [0.0]  # against the likelihood's
+        return gains[int(positives[0]) - 1], 0.01
 
     monkeypatch.setattr(shrinkage, "validate", rated)
+    monkeypatch.setattr(shrinkage, "paired_auroc_gain", gain)
     model = FOD(tiny_config(epochs=1, segmenter=False), device="cpu", progress=False)
     model.fit(generated)
     report = model.stats["validation"]
-    assert [t["shrinkage"] for t in report["shrinkage"]["tried"]] == ["likelihood", *CANDIDATES]
-    assert [t["image_auroc"] for t in report["shrinkage"]["tried"]] == list(aurocs)
-    assert report["shrinkage"]["chosen"] == chosen
+    tried = report["shrinkage"]["tried"]
+    assert [t["shrinkage"] for t in tried] == ["likelihood", *CANDIDATES]
+    assert [t["image_auroc"] for t in tried] == list(aurocs)
+    assert [t["gain"] for t in tried[1:]] == list(gains)
+    assert all(t["standard_error"] == 0.01 for t in tried[1:])
+    assert report["shrinkage"]["chosen"] == chosen and "image_scores" not in report
     index = 0 if chosen == "likelihood" else 1 + CANDIDATES.index(chosen)
     assert report["seen"] == index
     if chosen == "likelihood":
@@ -151,6 +172,35 @@ def test_the_best_synthetic_auroc_is_kept(monkeypatch, generated, aurocs, chosen
         assert model.heads is not calls[0]
 
 
+def test_paired_auroc_gain_against_loops_and_a_paired_bootstrap():
+    rng = np.random.default_rng(0)
+    good = rng.normal(size=60)
+    anomalous = rng.normal(1.0, size=90)
+    # a second scorer: the first plus a little noise, so the two agree on most images
+    good2, anomalous2 = good + rng.normal(0, 0.3, 60), anomalous + rng.normal(0.1, 0.3, 90)
+    gain, error = paired_auroc_gain(anomalous2, good2, anomalous, good)
+
+    def auroc(pos, neg):
+        return np.mean([[1.0 if p > n else 0.5 if p == n else 0.0 for n in neg] for p in pos])
+
+    assert gain == pytest.approx(auroc(anomalous2, good2) - auroc(anomalous, good), abs=1e-12)
+    boot = []
+    for _ in range(400):
+        i, j = rng.integers(0, 90, 90), rng.integers(0, 60, 60)
+        boot.append(auroc(anomalous2[i], good2[j]) - auroc(anomalous[i], good[j]))
+    assert error == pytest.approx(np.std(boot), rel=0.2)
+    # far below the unpaired errors of the two AUROCs: the scorers agree on most images
+    a = auroc(anomalous, good)
+    assert error < 0.5 * auroc_standard_error(a, 90, 60)
+    assert paired_auroc_gain(anomalous, good, anomalous, good) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="the same images of each kind"):
+        paired_auroc_gain(anomalous[:5], good, anomalous, good)
+    # one good image leaves no spread to estimate the error from
+    one = paired_auroc_gain(anomalous2, good2[:1], anomalous, good[:1])
+    assert one[0] == pytest.approx(auroc(anomalous2, good2[:1]) - auroc(anomalous, good[:1]))
+    assert one[1] == float("inf")
+
+
 def test_a_whole_fit_reports_what_it_tried_and_likelihood_validates_once(generated):
     from fod.api import FOD
 
@@ -158,12 +208,12 @@ def test_a_whole_fit_reports_what_it_tried_and_likelihood_validates_once(generat
     model = FOD(config, device="cpu", progress=False).fit(generated)
     report = model.stats["validation"]
     tried = report["shrinkage"]["tried"]
-    best = max(t["image_auroc"] for t in tried)
-    assert report["image_auroc"] == best
-    assert (
-        next(t for t in tried if t["image_auroc"] == best)["shrinkage"]
-        == (report["shrinkage"]["chosen"])
-    )
+    ahead = [t for t in tried[1:] if t["gain"] > t["standard_error"]]
+    best = max(ahead, key=lambda t: t["image_auroc"]) if ahead else tried[0]
+    assert report["image_auroc"] == best["image_auroc"]
+    assert report["shrinkage"]["chosen"] == best["shrinkage"]
+    for t in tried[1:]:  # each gain is the paired difference of the two synthetic AUROCs
+        assert t["gain"] == pytest.approx(t["image_auroc"] - tried[0]["image_auroc"], abs=1e-9)
     # the likelihood's row is the validation that shrinkage="likelihood" runs alone
     alone = FOD(config.replace(shrinkage="likelihood"), device="cpu", progress=False)
     alone.fit(generated)

@@ -99,9 +99,10 @@ BAND_MEMBERS: tuple[str, ...] = ("simplest", "all")
 CALIBRATIONS: tuple[str, ...] = ("auto", "holdout", "crossfit")
 #: How the calibrated head's Gaussian parts choose their shrinkage towards a shared covariance
 #: (fod.training.shrinkage): ``likelihood`` the weight that gives the held-out good images the
-#: highest likelihood; ``validation`` that weight or one of fod.training.shrinkage.CANDIDATES,
-#: whichever the synthetic validation scores best (ties: the likelihood's). Without the
-#: synthetic validation it is ``likelihood``.
+#: highest likelihood; ``validation`` that weight unless one of
+#: fod.training.shrinkage.CANDIDATES beats it on the synthetic validation by more than one
+#: paired standard error (then the best of those). Without the synthetic validation it is
+#: ``likelihood``.
 SHRINKAGES: tuple[str, ...] = ("validation", "likelihood")
 #: Where the synthetic anomalies of the validation and of the segmenter's training fall
 #: (fod.data.anomalies.PLACEMENTS): ``content`` only where the image has texture (on the

@@ -240,9 +240,10 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         choices=SHRINKAGES,
         help="how the Gaussian parts of the head choose their shrinkage towards a shared "
         "covariance: likelihood: the weight that gives held-out good images the highest "
-        "likelihood; validation: that weight or one of "
-        f"{', '.join(f'{c:g}' for c in SHRINKAGE_CANDIDATES)}, whichever the synthetic "
-        f"validation scores best (default: {d.shrinkage})",
+        "likelihood; validation: that weight, unless one of "
+        f"{', '.join(f'{c:g}' for c in SHRINKAGE_CANDIDATES)} beats it on the synthetic "
+        "validation by more than one paired standard error (then the best of those) "
+        f"(default: {d.shrinkage})",
     )
     g.add_argument(
         "--bank-size",

@@ -152,12 +152,10 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
         )
         shrinkage = report.get("shrinkage")
         if shrinkage:
-            tried = ", ".join(
-                f"{_weight(t['shrinkage'])} {t['image_auroc']:.3f}" for t in shrinkage["tried"]
-            )
+            tried = ", ".join(_tried(t) for t in shrinkage["tried"])
             print(
-                f"Gaussian shrinkage: {_weight(shrinkage['chosen'])}, the best synthetic image "
-                f"AUROC of those tried ({tried}); per level and part now "
+                f"Gaussian shrinkage: {_weight(shrinkage['chosen'])} ({shrinkage['rule']}; "
+                f"synthetic image AUROC {tried}); per level and part now "
                 + "; ".join(
                     ", ".join(f"{part} {w:.2f}" for part, w in level.items())
                     for level in stats.get("head_shrinkage", [])
@@ -176,3 +174,12 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
 def _weight(weight: float | str) -> str:
     """A shrinkage weight as the report names it: a number, or the likelihood's choice."""
     return "the likelihood's" if weight == "likelihood" else f"{weight:g}"
+
+
+def _tried(weight: dict) -> str:
+    """One weight the validation tried: its synthetic AUROC and its paired gain over the
+    likelihood's weight with that gain's standard error."""
+    text = f"{_weight(weight['shrinkage'])} {weight['image_auroc']:.3f}"
+    if "gain" in weight:
+        text += f" ({weight['gain']:+.3f} +- {weight['standard_error']:.3f})"
+    return text
