@@ -49,6 +49,20 @@ GENERATED_DEFECTS: tuple[str, ...] = CATEGORIES[GENERATED["category"]].defects
 GENERATED_BARS = {"image_auroc": 0.6, "pixel_auroc": 0.65, "score_ratio": 1.08}
 
 
+def fold_routed_scores(levels, fold_heads, row_folds, features) -> list:
+    """The slow reference of cross-fitted scoring: row r of ``features`` (one (N, C, H, W)
+    per level) scored alone by the heads of fold ``row_folds[r]``, standardised."""
+    import torch
+
+    from fod.training.validation import token_scores
+
+    rows = [
+        token_scores(levels, fold_heads[int(j)], [f[r : r + 1] for f in features])
+        for r, j in enumerate(row_folds.tolist())
+    ]
+    return [torch.cat([row[level] for row in rows]) for level in range(len(features))]
+
+
 def assert_defects_outscore_normals(
     metrics: Mapping[str, Any], good: Sequence[float], defect: Sequence[float]
 ) -> None:

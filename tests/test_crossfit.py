@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import fold_routed_scores, tiny_config
 
 from fod.config import ConfigError, FODConfig, legacy_config
 from fod.errors import DataError
@@ -19,9 +19,9 @@ from fod.training.crossfit import (
     fold_count,
     holdout_count,
     make_folds,
+    out_of_fold_scores,
     resolve_calibration,
 )
-from fod.training.validation import fold_token_scores, token_scores, validate
 
 
 def test_folds_partition_the_images_evenly_and_are_seeded():
@@ -127,67 +127,21 @@ def test_crossfit_heads_equal_heads_fitted_fold_by_fold():
         assert torch.allclose(cf.scores[level], z.reshape(15, 3, 3, 3), atol=1e-4)
 
 
-def test_fold_token_scores_route_each_row_to_its_fold():
+def test_out_of_fold_scores_route_each_row_to_its_group():
     model, features = _level(8, seed=3)
     config = tiny_config(head_parts=("feature", "nearest"), bank_size=50, holdout=0.5)
     cf = crossfit_heads(config, [model], [features])
     rows = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0])
-    got = fold_token_scores([model], cf.fold_heads, rows, [features])
+    groups = [torch.nonzero(rows == j).flatten() for j in range(2)]
+    (got,) = out_of_fold_scores(cf.fold_heads, groups, [model], [features])
     for r in range(8):
-        want = token_scores([model], cf.fold_heads[int(rows[r])], [features[r : r + 1]])
-        assert torch.allclose(got[0][r], want[0][0])
-    # the out-of-fold scores are the fold-routed scores of the images themselves
-    oof = fold_token_scores([model], cf.fold_heads, cf.fold_of, [features])
-    assert torch.allclose(oof[0], cf.scores[0], atol=1e-4)
-    with pytest.raises(ValueError, match="fold labels must lie in"):
-        fold_token_scores([model], cf.fold_heads, torch.full((8,), 2), [features])
-    with pytest.raises(ValueError, match="8 rows but"):
-        fold_token_scores([model], cf.fold_heads, rows[:5], [features])
-
-
-class _Backbone(torch.nn.Module):
-    """Images (B, 3, 12, 12) -> one level (B, 3, 3, 3) of 4 x 4 means: a stand-in backbone."""
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [torch.nn.functional.avg_pool2d(images, 4)]
-
-
-def test_validation_scores_each_anomaly_by_its_images_fold(monkeypatch):
-    import fod.training.validation as validation
-
-    g = torch.Generator().manual_seed(4)
-    images = torch.rand(10, 3, 12, 12, generator=g)
-    features = _Backbone()(images)
-    spec = LevelSpec(channels=3, height=3, width=3, d_model=8, heads=2, layers=1)
-    model = FODTransformer(spec, Variant(), reference=features[0].mean(0, keepdim=True)).eval()
-    config = tiny_config(head_parts=("feature", "nearest"), bank_size=50, holdout=0.5)
-    cf = crossfit_heads(config, [model], features)
-    seen = {}
-    real = validation.fold_token_scores
-
-    def spy(levels, fold_heads, row_folds, feats, device="cpu"):
-        seen["rows"] = row_folds.clone()
-        return real(levels, fold_heads, row_folds, feats, device)
-
-    monkeypatch.setattr(validation, "fold_token_scores", spy)
-    report = validate(
-        [model],
-        cf.heads,
-        _Backbone(),
-        images,
-        features,
-        12,
-        rule="band",
-        good_scores=cf.scores,
-        placement="anywhere",
-        fold_heads=cf.fold_heads,
-        fold_of=cf.fold_of,
-    )
-    # 64 anomalies, anomaly i made on image i mod 10, scored by that image's fold
-    assert report["anomalies"] == 64 and report["good_images"] == 10
-    assert torch.equal(seen["rows"], cf.fold_of[torch.arange(64) % 10])
-    with pytest.raises(ValueError, match="needs fold_of and out-of-fold good_scores"):
-        validate([model], cf.heads, _Backbone(), images, features, 12, fold_heads=cf.fold_heads)
+        want = raw_part_scores(cf.fold_heads[int(rows[r])][0], model, features[r : r + 1])
+        assert torch.allclose(got[r], want[0], atol=1e-5)
+    # the fit's out-of-fold scores are the fold-routed scores of the images themselves
+    (own,) = out_of_fold_scores(cf.fold_heads, cf.folds, [model], [features])
+    assert torch.allclose(cf.raw[0], own)
+    (oof,) = fold_routed_scores([model], cf.fold_heads, cf.fold_of, [features])
+    assert torch.allclose(oof, cf.scores[0], atol=1e-4)
 
 
 def test_fit_cross_fits_small_sets_and_trains_on_every_image():

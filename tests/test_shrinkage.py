@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import fold_routed_scores, tiny_config
 
 import fod.training.shrinkage as shrinkage
 from fod.config import ConfigError, FODConfig, legacy_config
@@ -26,7 +26,6 @@ from fod.training.shrinkage import (
 )
 from fod.training.validation import (
     auroc_standard_error,
-    fold_token_scores,
     paired_auroc_gain,
     token_scores,
 )
@@ -119,7 +118,7 @@ def test_refitted_cross_fitted_heads_fit_each_fold_on_the_others():
         flat = raw.transpose(0, 1).reshape(raw.shape[1], -1)
         assert torch.allclose(final.center, flat.mean(1), rtol=1e-5)
         assert torch.allclose(final.scale, flat.std(1), rtol=1e-5)
-    oof = fold_token_scores(result.models, candidate.fold_heads, result.crossfit.fold_of, features)
+    oof = fold_routed_scores(result.models, candidate.fold_heads, result.crossfit.fold_of, features)
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(candidate.scores, oof, strict=True))
 
 
@@ -141,7 +140,7 @@ def test_a_weight_is_kept_only_when_clearly_ahead(monkeypatch, generated, aurocs
 
     calls = []
 
-    def rated(levels, heads, *args, **kwargs):
+    def rated(heads, *args, **kwargs):
         calls.append(heads)
         seen = len(calls) - 1  # each report's scores say which call made them
         scores = {"good": [float(seen)], "anomalous": [float(seen)]}

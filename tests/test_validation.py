@@ -626,18 +626,23 @@ def test_the_smallest_fit_validates_on_its_one_held_out_image(generated, tmp_pat
 
 def test_held_out_scores_computed_once_serve_validation_and_calibration_alike(generated):
     """fit scores the held-out images once and hands the scores to the validation and the
-    calibration: each must give exactly what it gives when it scores them itself."""
+    calibration: the calibration must give exactly what it gives when it scores them itself,
+    and the image scores the validation separates must be the detector's for those images."""
     from fod.api import FOD
     from fod.data import load_batch, training_samples
     from fod.scoring import calibrate
-    from fod.training.validation import token_scores, validate
+    from fod.training.fit import holdout_split
+    from fod.training.validation import synthetic_set, token_scores, validate
 
-    model = FOD(tiny_config(), device="cpu", progress=False).fit(generated)
+    config = tiny_config(calibration="holdout")
+    model = FOD(config, device="cpu", progress=False).fit(generated)
     _, samples = training_samples(generated)
-    held = [f[:5] for f in model.features(samples[:5])]
+    _, held_idx = holdout_split(len(samples), config.holdout, config.seed)
+    held_samples = [samples[int(i)] for i in held_idx]
+    held = model.features(held_samples)
     size = model.config.image_size
     scores = token_scores(model.levels, model.heads, held)
-    assert [tuple(s.shape[:2]) for s in scores] == [(5, 3), (5, 3)]  # residual, nearest, pooled
+    assert [tuple(s.shape[:2]) for s in scores] == [(3, 3), (3, 3)]  # residual, nearest, pooled
 
     def stats(given):
         return calibrate(
@@ -651,18 +656,23 @@ def test_held_out_scores_computed_once_serve_validation_and_calibration_alike(ge
 
     assert model.segmenter is not None
     assert stats(scores) == stats(None)
-    images = load_batch([s.image for s in samples[:5]], size)
-
-    def report(given):
-        out = validate(
-            model.levels, model.heads, model._backbone(), images, held, size, good_scores=given
-        )
-        return out, [h.image_weight.clone() for h in model.heads]
-
-    (mine, w_mine), (theirs, w_theirs) = report(scores), report(None)
-    assert mine == theirs and mine["good_images"] == 5
-    for a, b in zip(w_mine, w_theirs, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    images = load_batch([s.image for s in held_samples], size)
+    anomalies = synthetic_set(model._backbone(), images, config.seed, config.anomaly_placement)
+    anomalous = token_scores(model.levels, model.heads, anomalies.features)
+    weights = [h.image_weight.clone() for h in model.heads]
+    report = validate(model.heads, anomalies, scores, anomalous, size)
+    # the same images and anomalies as the fit's validation: the same weightings and threshold
+    assert report["threshold"] == pytest.approx(model.threshold, rel=1e-5)
+    for head, w in zip(model.heads, weights, strict=True):
+        torch.testing.assert_close(head.image_weight, w, rtol=0, atol=0)
+    _, detected = model.score(images)
+    _, detected_anomalies = model.score(anomalies.images)
+    np.testing.assert_allclose(report["image_scores"]["good"], detected.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(
+        report["image_scores"]["anomalous"], detected_anomalies.numpy(), rtol=1e-4
+    )
+    with pytest.raises(ValueError, match="64 anomalies but 3 rows of scores"):
+        validate(model.heads, anomalies, scores, scores, size)
 
 
 def test_fit_scores_each_held_out_image_once(generated, monkeypatch):
@@ -671,13 +681,17 @@ def test_fit_scores_each_held_out_image_once(generated, monkeypatch):
     (every shrinkage weight tried rescores the Gaussian parts alone), nothing more."""
     import fod.training.shrinkage as shrinkage
     from fod.api import FOD
+    from fod.training.crossfit import fold_count, make_folds
 
     rows: list[int] = []
     scored = shrinkage.out_of_fold_scores
 
-    def counted(scorers, groups, models, features, device="cpu"):
-        rows.append(sum(int(g.numel()) for g in groups))
-        return scored(scorers, groups, models, features, device)
+    groups: list[torch.Tensor] = []
+
+    def counted(scorers, given, models, features, device="cpu"):
+        rows.append(sum(int(g.numel()) for g in given))
+        groups[:] = given
+        return scored(scorers, given, models, features, device)
 
     monkeypatch.setattr(shrinkage, "out_of_fold_scores", counted)
     config = tiny_config(calibration="holdout")
@@ -691,3 +705,10 @@ def test_fit_scores_each_held_out_image_once(generated, monkeypatch):
     model = FOD(config.replace(calibration="crossfit"), device="cpu", progress=False)
     report = model.fit(generated).stats["validation"]
     assert sum(rows) == report["anomalies"]
+    # anomaly i is made on good image i mod n and scored by the heads of that image's fold
+    n, m = report["good_images"], report["anomalies"]
+    fold_of = torch.empty(n, dtype=torch.long)
+    for j, fold in enumerate(make_folds(n, fold_count(n, config.holdout), config.seed)):
+        fold_of[fold] = j
+    want = [torch.nonzero(fold_of[torch.arange(m) % n] == j).flatten() for j in range(len(groups))]
+    assert all(torch.equal(a, b) for a, b in zip(groups, want, strict=True))

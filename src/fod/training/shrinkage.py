@@ -105,14 +105,19 @@ def scored_rows(
     features: Sequence[Tensor],
     labels: Tensor,
     device: str | torch.device = "cpu",
+    *,
     raw: list[Tensor] | None = None,
+    outputs: list[FODOutput] | None = None,
 ) -> ScoredRows:
     """:class:`ScoredRows` of ``features``, row r scored by the scorers of set ``labels[r]``
-    (``raw``: those raw scores, where the fit has them)."""
+    (``raw``: those raw scores, where the fit has them; ``outputs``: the transformer outputs,
+    where the caller has them, ``[]`` where no candidate needs them)."""
     groups = [torch.nonzero(labels == j).flatten() for j in range(len(base.scorers))]
     if raw is None:
         raw = out_of_fold_scores(base.scorers, groups, models, features, device)
-    outputs = [model_outputs(m, f, device=device) for m, f in zip(models, features, strict=True)]
+    if outputs is None:
+        pairs = zip(models, features, strict=True)
+        outputs = [model_outputs(m, f, device=device) for m, f in pairs]
     return ScoredRows(outputs, groups, raw)
 
 
@@ -219,44 +224,43 @@ def validate_shrinkage(
     else:
         good_labels = torch.zeros(n, dtype=torch.long)
         anomaly_labels = torch.zeros(m, dtype=torch.long)
+    gaussian = any(p in GAUSSIAN_PARTS for p in base.heads[0].parts)
+    candidates = CANDIDATES if config.shrinkage == "validation" and gaussian else ()
+    # every good image's transformer outputs, which the candidates' Gaussians are fitted on;
+    # the held-out images' are cut from them (cross-fitted, the held-out images are all)
+    every = (
+        [model_outputs(m, f, device=device) for m, f in zip(models, features, strict=True)]
+        if candidates
+        else []
+    )
+    held_outputs = [_rows_of(o, result.holdout_indices) for o in every] if candidates else []
     own = result.crossfit.raw if result.crossfit is not None else None
-    good = scored_rows(base, models, result.holdout, good_labels, device, own)
-    anomalous = scored_rows(base, models, anomalies.features, anomaly_labels, device)
+    good = scored_rows(
+        base, models, result.holdout, good_labels, device, raw=own, outputs=held_outputs
+    )
+    anomalous = scored_rows(
+        base, models, anomalies.features, anomaly_labels, device, outputs=None if candidates else []
+    )
     if not base.scores:
         base.scores = [_standardised(h, r) for h, r in zip(base.heads, good.raw, strict=True)]
 
     def run(candidate: Calibrated, anomaly_raw: list[Tensor]) -> dict[str, Any]:
         return validate(
-            models,
             candidate.heads,
-            backbone,
-            images,
-            result.holdout,
+            anomalies,
+            candidate.scores,
+            [_standardised(h, r) for h, r in zip(candidate.heads, anomaly_raw, strict=True)],
             config.image_size,
-            config.seed,
-            device,
             rule=config.image_rule,
-            good_scores=candidate.scores,
-            placement=config.anomaly_placement,
             band_members=config.band_members,
-            anomalies=anomalies,
-            anomalous_scores=[
-                _standardised(h, r) for h, r in zip(candidate.heads, anomaly_raw, strict=True)
-            ],
         )
 
     best, report = base, run(base, anomalous.raw)
     first = report.pop("image_scores")
-    gaussian = any(p in GAUSSIAN_PARTS for p in base.heads[0].parts)
-    if config.shrinkage == "validation" and gaussian:
+    if candidates:
         tried = [{"shrinkage": "likelihood", "image_auroc": report["image_auroc"]}]
-        every = (  # cross-fitted, the calibrating images are every image, in order
-            good.outputs
-            if base.fold_heads is not None
-            else [model_outputs(m, f, device=device) for m, f in zip(models, features, strict=True)]
-        )
         fits = fit_outputs(result, every)
-        for weight in CANDIDATES:
+        for weight in candidates:
             candidate = refitted(base, fits, weight, good)
             candidate_report = run(candidate, _with_gaussians(anomalous, candidate.scorers))
             scores = candidate_report.pop("image_scores")

@@ -24,7 +24,8 @@ The heat map keeps every part and the plain average of the levels: on MTD the sy
 AUROC ranked level weights and parts differently from the real defects, while the synthetic
 image AUROC ranked them as the real ones did (README, "Why the default is what it is").
 
->>> report = validate(levels, heads, backbone, good_images, good_features, image_size=256)
+>>> anomalies = synthetic_set(backbone, held_out_images)
+>>> report = validate(heads, anomalies, good_scores, anomalous_scores, image_size=256)
 """
 
 from __future__ import annotations
@@ -284,50 +285,23 @@ def token_scores(
     device: str | torch.device = "cpu",
 ) -> list[Tensor]:
     """Each level's standardised part scores (:func:`~fod.scoring.detector.level_scores`) of
-    ``features``, batch by batch: computed once for the held-out images, they serve the
-    validation and then the calibration."""
+    ``features``, batch by batch: what :func:`validate` rates, for callers that score images
+    with one set of heads."""
     return map_batches(lambda batch: level_scores(levels, batch, heads), features, device=device)
-
-
-def fold_token_scores(
-    levels: Sequence[FODTransformer],
-    fold_heads: Sequence[Sequence[CalibratedHead]],
-    row_folds: Tensor,
-    features: Sequence[Tensor],
-    device: str | torch.device = "cpu",
-) -> list[Tensor]:
-    """:func:`token_scores` of ``features`` with row r scored by the heads of fold
-    ``row_folds[r]`` (cross-fitting, :mod:`fod.training.crossfit`: an anomaly made on a good
-    image is scored by the heads that did not see that image)."""
-    rows_total = int(features[0].shape[0])
-    if tuple(row_folds.shape) != (rows_total,):
-        raise ValueError(f"{rows_total} rows but {tuple(row_folds.shape)} fold labels")
-    if rows_total == 0 or bool(((row_folds < 0) | (row_folds >= len(fold_heads))).any()):
-        raise ValueError(f"fold labels must lie in [0, {len(fold_heads)}), one per row")
-    out: list[Tensor] | None = None
-    for j, heads in enumerate(fold_heads):
-        rows = torch.nonzero(row_folds == j).flatten()
-        if rows.numel() == 0:
-            continue
-        scores = token_scores(levels, heads, [f[rows] for f in features], device)
-        if out is None:
-            out = [torch.empty(rows_total, *z.shape[1:], dtype=z.dtype) for z in scores]
-        for o, z in zip(out, scores, strict=True):
-            o[rows] = z
-    assert out is not None  # every row has a fold in range
-    return out
 
 
 @dataclass
 class SyntheticSet:
-    """The validation's anomalies: images (M, 3, S, S), masks (M, S, S), kinds, and backbone
-    features (one (M, C, H, W) per level); anomaly i is made on good image i mod N. Made once,
-    it serves every head that is validated on the same good images."""
+    """The validation's anomalies: images (M, 3, S, S), masks (M, S, S), kinds, backbone
+    features (one (M, C, H, W) per level) and where they were placed; anomaly i is made on
+    good image i mod N. Made once, it serves every head that is validated on the same good
+    images."""
 
     images: Tensor
     masks: Tensor
     kinds: list[str]
     features: list[Tensor]
+    placement: str = "content"
 
 
 def synthetic_set(
@@ -341,67 +315,36 @@ def synthetic_set(
     :data:`MIN_ANOMALIES`, placed by ``placement``, with their backbone features."""
     count = max(MIN_ANOMALIES, PER_IMAGE * int(good_images.shape[0]))
     images, masks, kinds = synthetic_anomalies(good_images, count, seed, placement=placement)
-    return SyntheticSet(
-        images, masks, kinds, image_features(backbone, images, torch.device(device))
-    )
+    features = image_features(backbone, images, torch.device(device))
+    return SyntheticSet(images, masks, kinds, features, placement)
 
 
 def validate(
-    levels: Sequence[FODTransformer],
     heads: Sequence[CalibratedHead],
-    backbone: torch.nn.Module,
-    good_images: Tensor,
-    good_features: Sequence[Tensor],
+    anomalies: SyntheticSet,
+    good_scores: Sequence[Tensor],
+    anomalous_scores: Sequence[Tensor],
     image_size: int,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    sigma: float = DEFAULT_SIGMA,
     rule: str = "auto",
-    good_scores: Sequence[Tensor] | None = None,
-    placement: str = "content",
     band_members: str = "simplest",
-    fold_heads: Sequence[Sequence[CalibratedHead]] | None = None,
-    fold_of: Tensor | None = None,
-    anomalies: SyntheticSet | None = None,
-    anomalous_scores: Sequence[Tensor] | None = None,
+    sigma: float = DEFAULT_SIGMA,
 ) -> dict[str, Any]:
-    """Set each head's ``image_weight`` from synthetic anomalies on ``good_images`` (the
-    held-out images, (N, 3, S, S) in [0, 1], with their backbone ``good_features``) by
-    ``rule`` (``auto``, ``band`` or ``single``; the band's ``band_members``, see
-    :func:`rule_weights`) and return the report: the anomalies made, the
-    rule applied (``image_rule``) and given (``image_rule_asked``), the AUROC of every
-    combination of level weights and parts, the weightings kept (``image_weightings``:
-    levels, parts, synthetic AUROC and the spread each is divided by), the synthetic pixel
-    AUROC of the heat map, the separating threshold and the image scores it separates
-    (``image_scores``: ``good`` and ``anomalous``). ``good_scores``: the
-    :func:`token_scores` of ``good_features`` where the caller has them; ``placement``: where
-    the anomalies fall (:data:`fod.data.anomalies.PLACEMENTS`). Cross-fitted
-    (:mod:`fod.training.crossfit`): ``fold_heads`` and each good image's fold ``fold_of``;
-    an anomaly is scored by the heads of its image's fold, and ``good_scores`` must be the
-    images' out-of-fold scores. ``anomalies``: the :func:`synthetic_set` of ``good_images``
-    (``seed``, ``placement``) where the caller has made it, and ``anomalous_scores`` their
-    token scores where it has those (then ``heads`` only receive the weightings)."""
-    n = int(good_images.shape[0])
+    """Set each head's ``image_weight`` from the standardised token scores (one
+    (N, P, H_l, W_l) per level) of the held-out good images, ``good_scores``, and of their
+    :func:`synthetic_set` ``anomalies``, ``anomalous_scores``, by ``rule`` (``auto``, ``band``
+    or ``single``; the band's ``band_members``, see :func:`rule_weights`), and return the
+    report: the anomalies made, the rule applied (``image_rule``) and given
+    (``image_rule_asked``), the AUROC of every combination of level weights and parts, the
+    weightings kept (``image_weightings``: levels, parts, synthetic AUROC and the spread each
+    is divided by), the synthetic pixel AUROC of the heat map, the separating threshold and
+    the image scores it separates (``image_scores``: ``good`` and ``anomalous``). Scoring is
+    the caller's (:func:`fod.training.shrinkage.validate_shrinkage`): cross-fitted, each
+    image and each anomaly by the heads of the image's fold."""
+    good, anomalous = list(good_scores), list(anomalous_scores)
+    n, count, masks = int(good[0].shape[0]), int(anomalies.masks.shape[0]), anomalies.masks
+    if int(anomalous[0].shape[0]) != count:
+        raise ValueError(f"{count} anomalies but {int(anomalous[0].shape[0])} rows of scores")
     asked, rule = rule, resolve_rule(rule, n)
-    device = torch.device(device)
-    if anomalies is None:
-        anomalies = synthetic_set(backbone, good_images, seed, placement, device)
-    count, masks = int(anomalies.masks.shape[0]), anomalies.masks
-    good = (
-        list(good_scores)
-        if good_scores is not None
-        else token_scores(levels, heads, good_features, device)
-    )
-    anomaly_features = anomalies.features
-    if anomalous_scores is not None:
-        anomalous = list(anomalous_scores)
-    elif fold_heads is None:
-        anomalous = token_scores(levels, heads, anomaly_features, device)
-    else:
-        if fold_of is None or good_scores is None:
-            raise ValueError("a cross-fitted validation needs fold_of and out-of-fold good_scores")
-        source = torch.arange(count) % n  # anomaly i is made on good image i mod n
-        anomalous = fold_token_scores(levels, fold_heads, fold_of[source], anomaly_features, device)
     parts = heads[0].parts
     table, near, g_all, a_all = rate_weightings(good, anomalous, parts, image_size, sigma)
     members, weights = rule_weights(rule, table, near, g_all, parts, band_members)
@@ -423,7 +366,7 @@ def validate(
     return {
         "good_images": n,
         "anomalies": count,
-        "placement": placement,
+        "placement": anomalies.placement,
         "kinds": dict(Counter(anomalies.kinds)),
         "image_rule": rule,
         "image_rule_asked": asked,
@@ -447,7 +390,6 @@ __all__ = [
     "SyntheticSet",
     "auroc_standard_error",
     "band_scales",
-    "fold_token_scores",
     "grid_image_scores",
     "image_weights",
     "near_best",
