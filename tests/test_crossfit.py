@@ -188,10 +188,10 @@ def test_cli_train_says_how_it_calibrated(generated, tmp_path, capsys):
     name = "the likelihood's" if chosen == "likelihood" else f"{chosen:g}"
     first, *others = shrinkage["tried"]
     tried = ", ".join(
-        [f"the likelihood's {first['image_auroc']:.3f}"]
+        [f"the likelihood's {first['image_auroc']:.4f}"]
         + [
-            f"{t['shrinkage']:g} {t['image_auroc']:.3f} "
-            f"({t['gain']:+.3f} +- {t['standard_error']:.3f})"
+            f"{t['shrinkage']:g} {t['image_auroc']:.4f} "
+            f"({t['gain'] if abs(t['gain']) > 1e-12 else 0.0:+.2g} +- {t['standard_error']:.2g})"
             for t in others
         ]
     )

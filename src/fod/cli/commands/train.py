@@ -178,8 +178,10 @@ def _weight(weight: float | str) -> str:
 
 def _tried(weight: dict) -> str:
     """One weight the validation tried: its synthetic AUROC and its paired gain over the
-    likelihood's weight with that gain's standard error."""
-    text = f"{_weight(weight['shrinkage'])} {weight['image_auroc']:.3f}"
+    likelihood's weight with that gain's standard error, to two significant digits (near an
+    AUROC of 1 both are often below 0.001)."""
+    text = f"{_weight(weight['shrinkage'])} {weight['image_auroc']:.4f}"
     if "gain" in weight:
-        text += f" ({weight['gain']:+.3f} +- {weight['standard_error']:.3f})"
+        gain = weight["gain"] if abs(weight["gain"]) > 1e-12 else 0.0  # equal AUROCs
+        text += f" ({gain:+.2g} +- {weight['standard_error']:.2g})"
     return text
