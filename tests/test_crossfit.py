@@ -191,7 +191,7 @@ def test_cli_train_says_how_it_calibrated(generated, tmp_path, capsys):
         [f"the likelihood's {first['image_auroc']:.4f}"]
         + [
             f"{t['shrinkage']:g} {t['image_auroc']:.4f} "
-            f"({t['gain'] if abs(t['gain']) > 1e-12 else 0.0:+.2g} +- {t['standard_error']:.2g})"
+            f"({t['gain']:+.2g} +- {t['standard_error']:.2g})"
             for t in others
         ]
     )

@@ -192,6 +192,11 @@ def test_paired_auroc_gain_against_loops_and_a_paired_bootstrap():
     a = auroc(anomalous, good)
     assert error < 0.5 * auroc_standard_error(a, 90, 60)
     assert paired_auroc_gain(anomalous, good, anomalous, good) == (0.0, 0.0)
+    # equal AUROCs from different placements: exactly no gain (averaging the placement
+    # differences gave -4e-18 here)
+    same = paired_auroc_gain([5, 3, 3, 1, 1, 0, 0], [0, 1, 4], [3, 5, 3, 3, 5, 4, 3], [3, 3, 5])
+    assert auroc([5, 3, 3, 1, 1, 0, 0], [0, 1, 4]) == auroc([3, 5, 3, 3, 5, 4, 3], [3, 3, 5])
+    assert same[0] == 0.0 and same[1] > 0
     with pytest.raises(ValueError, match="the same images of each kind"):
         paired_auroc_gain(anomalous[:5], good, anomalous, good)
     # one good image leaves no spread to estimate the error from

@@ -246,23 +246,26 @@ def paired_auroc_gain(
     and the standard error of that difference (DeLong, DeLong and Clarke-Pearson, Biometrics
     1988): the variance of the per-positive and per-negative differences of the two scorers'
     placement values (infinite with fewer than two images of a kind). Pairing makes it far
-    smaller than two unpaired errors where the two scorers agree on most images."""
+    smaller than two unpaired errors where the two scorers agree on most images. The gain
+    comes from the pairs counted (halves, exact in floating point), so equal AUROCs differ by
+    exactly 0 however their placements differ."""
 
-    def placements(pos: Sequence[float], neg: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    def placements(pos: Sequence[float], neg: Sequence[float]) -> tuple[np.ndarray, ...]:
         p = np.asarray(pos, dtype=np.float64)[:, None]
         n = np.asarray(neg, dtype=np.float64)[None, :]
         psi = (p > n) + 0.5 * (p == n)
-        return psi.mean(1), psi.mean(0)
+        return psi.mean(1), psi.mean(0), psi.sum()
 
-    v10, v01 = placements(positives, negatives)
-    b10, b01 = placements(base_positives, base_negatives)
+    v10, v01, pairs = placements(positives, negatives)
+    b10, b01, base_pairs = placements(base_positives, base_negatives)
     if v10.size != b10.size or v01.size != b01.size or not (v10.size and v01.size):
         raise ValueError("a paired AUROC difference needs the same images of each kind")
+    gain = float((pairs - base_pairs) / (v10.size * v01.size))
     d10, d01 = v10 - b10, v01 - b01
     if d10.size < 2 or d01.size < 2:  # no spread to estimate from: nothing is clearly ahead
-        return float(d10.mean()), float("inf")
+        return gain, float("inf")
     var = d10.var(ddof=1) / d10.size + d01.var(ddof=1) / d01.size
-    return float(d10.mean()), float(np.sqrt(max(var, 0.0)))
+    return gain, float(np.sqrt(max(var, 0.0)))
 
 
 def separating_threshold(good: np.ndarray, anomalous: np.ndarray) -> float:

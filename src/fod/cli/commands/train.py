@@ -182,6 +182,5 @@ def _tried(weight: dict) -> str:
     AUROC of 1 both are often below 0.001)."""
     text = f"{_weight(weight['shrinkage'])} {weight['image_auroc']:.4f}"
     if "gain" in weight:
-        gain = weight["gain"] if abs(weight["gain"]) > 1e-12 else 0.0  # equal AUROCs
-        text += f" ({gain:+.2g} +- {weight['standard_error']:.2g})"
+        text += f" ({weight['gain']:+.2g} +- {weight['standard_error']:.2g})"
     return text
