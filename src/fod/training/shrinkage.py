@@ -233,7 +233,10 @@ def validate_shrinkage(
         if candidates
         else []
     )
-    held_outputs = [_rows_of(o, result.holdout_indices) for o in every] if candidates else []
+    if result.crossfit is not None or not candidates:
+        held_outputs = every
+    else:
+        held_outputs = [_rows_of(o, result.holdout_indices) for o in every]
     own = result.crossfit.raw if result.crossfit is not None else None
     good = scored_rows(
         base, models, result.holdout, good_labels, device, raw=own, outputs=held_outputs
