@@ -250,11 +250,13 @@ def paired_auroc_gain(
     comes from the pairs counted (halves, exact in floating point), so equal AUROCs differ by
     exactly 0 however their placements differ."""
 
-    def placements(pos: Sequence[float], neg: Sequence[float]) -> tuple[np.ndarray, ...]:
+    def placements(
+        pos: Sequence[float], neg: Sequence[float]
+    ) -> tuple[np.ndarray, np.ndarray, float]:
         p = np.asarray(pos, dtype=np.float64)[:, None]
         n = np.asarray(neg, dtype=np.float64)[None, :]
         psi = (p > n) + 0.5 * (p == n)
-        return psi.mean(1), psi.mean(0), psi.sum()
+        return psi.mean(1), psi.mean(0), float(psi.sum())
 
     v10, v01, pairs = placements(positives, negatives)
     b10, b01, base_pairs = placements(base_positives, base_negatives)
