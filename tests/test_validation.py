@@ -712,3 +712,34 @@ def test_fit_scores_each_held_out_image_once(generated, monkeypatch):
         fold_of[fold] = j
     want = [torch.nonzero(fold_of[torch.arange(m) % n] == j).flatten() for j in range(len(groups))]
     assert all(torch.equal(a, b) for a, b in zip(groups, want, strict=True))
+    # with more held-out images than the cap allows, the anomalies fall on a seeded subset of
+    # them (two each), and each is still scored by the heads of its own image's fold
+    import fod.training.validation as validation
+
+    monkeypatch.setattr(validation, "MAX_ANOMALIES", 6)
+    rows.clear()
+    model = FOD(config.replace(calibration="crossfit"), device="cpu", progress=False)
+    report = model.fit(generated).stats["validation"]
+    assert (report["anomalies"], report["anomaly_images"], report["good_images"]) == (6, 3, n)
+    assert sum(rows) == 6
+    sources = validation.anomaly_sources(n, config.seed)
+    assert len(sources) == 3
+    want = [
+        torch.nonzero(fold_of[sources[torch.arange(6) % 3]] == j).flatten()
+        for j in range(len(groups))
+    ]
+    assert all(torch.equal(a, b) for a, b in zip(groups, want, strict=True))
+
+
+def test_anomaly_sources_keep_every_image_up_to_the_cap_then_a_seeded_subset():
+    from fod.training.validation import MAX_ANOMALIES, PER_IMAGE, anomaly_sources
+
+    keep = MAX_ANOMALIES // PER_IMAGE
+    assert torch.equal(anomaly_sources(keep, 0), torch.arange(keep))
+    assert torch.equal(anomaly_sources(10, 3), torch.arange(10))
+    chosen = anomaly_sources(761, 3407)
+    assert len(chosen) == keep and len(set(chosen.tolist())) == keep
+    assert torch.equal(chosen, chosen.sort().values) and int(chosen.min()) >= 0
+    assert int(chosen.max()) < 761
+    assert torch.equal(chosen, anomaly_sources(761, 3407))
+    assert not torch.equal(chosen, anomaly_sources(761, 1))

@@ -146,6 +146,8 @@ def out_of_fold_scores(
     for level, (model, f) in enumerate(zip(models, features, strict=True)):
         out: Tensor | None = None
         for heads, held in zip(fold_heads, folds, strict=True):
+            if not held.numel():  # a group no row belongs to (the validation's subset)
+                continue
             scores = raw_part_scores(heads[level], model, f[held], device=device)
             if out is None:
                 out = torch.empty(n, *scores.shape[1:])

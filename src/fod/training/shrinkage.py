@@ -44,7 +44,12 @@ from fod.scoring.head import (
 )
 from fod.training.crossfit import calibrate_folds, fold_rests, out_of_fold_scores
 from fod.training.fit import FitResult
-from fod.training.validation import paired_auroc_gain, synthetic_set, validate
+from fod.training.validation import (
+    anomaly_sources,
+    paired_auroc_gain,
+    synthetic_set,
+    validate,
+)
 
 #: Shrinkage weights tried beside the likelihood's: none (each position its own covariance,
 #: with the ridge), a little, half, and full (one covariance shared by every position). The
@@ -213,14 +218,17 @@ def validate_shrinkage(
     start = time.perf_counter()
     if result.holdout_indices is None:
         raise ValueError("the fit held no images out (the paper's head)")
-    held = [samples[int(i)] for i in result.holdout_indices]
-    images = load_batch([s.image for s in held], config.image_size)
+    n = len(result.holdout_indices)
+    sources = anomaly_sources(n, config.seed)  # the held-out images that carry anomalies
+    paths = [samples[int(result.holdout_indices[int(i)])].image for i in sources]
+    images = load_batch(paths, config.image_size)
     anomalies = synthetic_set(backbone, images, config.seed, config.anomaly_placement, device)
     models = result.models
     base = fitted(result)
-    n, m = len(held), int(anomalies.masks.shape[0])
+    m = int(anomalies.masks.shape[0])
     if base.fold_of is not None:
-        good_labels, anomaly_labels = base.fold_of, base.fold_of[torch.arange(m) % n]
+        good_labels = base.fold_of
+        anomaly_labels = base.fold_of[sources[torch.arange(m) % len(sources)]]
     else:
         good_labels = torch.zeros(n, dtype=torch.long)
         anomaly_labels = torch.zeros(m, dtype=torch.long)
@@ -280,6 +288,7 @@ def validate_shrinkage(
             best = finalised(best, base, every)
         chosen = "likelihood" if best.shrinkage is None else best.shrinkage
         report["shrinkage"] = {"rule": SHRINKAGE_RULE, "chosen": chosen, "tried": tried}
+    report["anomaly_images"] = len(sources)
     report["seconds"] = time.perf_counter() - start
     return best, report
 

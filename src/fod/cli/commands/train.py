@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fod.cli import common
 
@@ -143,8 +143,9 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
             how += f", rule auto with {report['good_images']} held-out images"
         where = {"content": " (where they have texture)", "anywhere": " (anywhere on them)"}
         print(
-            f"synthetic validation: {report['anomalies']} anomalies on the held-out images"
-            f"{where.get(report.get('placement'), '')}"
+            f"synthetic validation: {report['anomalies']} anomalies on "
+            + _carriers(report)
+            + where.get(report.get("placement"), "")
             + (", each scored by the heads of its image's fold" if folds else "")
             + f"; image score {how} ({listed}; synthetic image AUROC {report['image_auroc']:.3f}; "
             f"the heads' heat map {report['pixel_auroc']:.3f} pixel AUROC), "
@@ -174,6 +175,14 @@ def _run(args: argparse.Namespace, ctx: Context, device: torch.device) -> int:
 def _weight(weight: float | str) -> str:
     """A shrinkage weight as the report names it: a number, or the likelihood's choice."""
     return "the likelihood's" if weight == "likelihood" else f"{weight:g}"
+
+
+def _carriers(report: dict[str, Any]) -> str:
+    """Which held-out images carry the validation's anomalies: all, or how many of them."""
+    carriers = report.get("anomaly_images")
+    if carriers is None or carriers >= report["good_images"]:
+        return "the held-out images"
+    return f"{carriers} of the {report['good_images']} held-out images"
 
 
 def _tried(weight: dict) -> str:
