@@ -16,6 +16,7 @@ from fod.scoring.normality import fit_gaussian, local_average
 from fod.training import fit
 from fod.training.crossfit import (
     crossfit_heads,
+    fold_banks,
     fold_count,
     holdout_count,
     make_folds,
@@ -100,23 +101,35 @@ def test_crossfit_heads_equal_heads_fitted_fold_by_fold():
     cf = crossfit_heads(config, [model, second], [features, features2])
     assert len(cf.folds) == 5
     for level, (m, f) in enumerate(((model, features), (second, features2))):
+        out = m(f, div_branches=frozenset(), entropy=False)
+        tokens = out.tokens.detach()
+        # the banks are selected once from every image (as a head fitted on all would)...
+        every = fit_head(parts, m, f, f, 60, 7, pooled_bank_size=30)
+        final = cf.heads[level]
+        assert torch.equal(final.bank, every.bank)
+        assert torch.equal(final.pooled_bank, every.pooled_bank)
         raw = torch.empty(15, 3, 9)
         shrinks = []
         for j, held in enumerate(cf.folds):
             rest = torch.tensor([i for i in range(15) if i not in set(held.tolist())])
-            head = fit_head(parts, m, f[rest], f[held], 60, 7, pooled_bank_size=30)
+            # ...and each fold keeps the entries that are tokens of its other folds' images
+            banks = {
+                "nearest": _entries_of(every.bank, tokens[rest]),
+                "pooled": _entries_of(every.pooled_bank, local_average(tokens[rest], 3, 3, 3)),
+            }
+            assert 0 < len(banks["nearest"]) < 60 and 0 < len(banks["pooled"]) < 30
+            head = fit_head(parts, m, f[rest], f[held], 60, 7, pooled_bank_size=30, banks=banks)
             shrinks.append(head.shrinkage["residual"])
             raw[held] = raw_part_scores(head, m, f[held])
             # each fold's head is that head, with the pooled calibration
-            assert torch.equal(cf.fold_heads[j][level].bank, head.bank)
+            assert torch.equal(cf.fold_heads[j][level].bank, banks["nearest"])
+            assert torch.equal(cf.fold_heads[j][level].pooled_bank, banks["pooled"])
             assert torch.equal(cf.fold_heads[j][level].residual_mean, head.residual_mean)
         flat = raw.transpose(0, 1).reshape(3, -1)
-        final = cf.heads[level]
         assert torch.allclose(final.center, flat.mean(1), rtol=1e-5)
         assert torch.allclose(final.scale, flat.std(1), rtol=1e-5)
         # the final Gaussian: every image's residuals, the folds' mean shrinkage
         assert final.shrinkage["residual"] == pytest.approx(sum(shrinks) / 5)
-        out = m(f, div_branches=frozenset(), entropy=False)
         r = (out.tokens - out.reconstruction).detach()
         mean, precision = fit_gaussian(r, shrink=sum(shrinks) / 5)
         assert torch.allclose(final.residual_mean, mean, atol=1e-5)
@@ -125,6 +138,42 @@ def test_crossfit_heads_equal_heads_fitted_fold_by_fold():
         assert final.pooled_bank.shape == (30, 5) and averaged.shape[1] == 9
         z = (raw - flat.mean(1).view(1, 3, 1)) / flat.std(1).view(1, 3, 1)
         assert torch.allclose(cf.scores[level], z.reshape(15, 3, 3, 3), atol=1e-4)
+
+
+def _entries_of(bank: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The rows of ``bank``, in order, that equal one of ``tokens`` (N, L, C) (brute force)."""
+    flat = tokens.reshape(-1, tokens.shape[-1])
+    return bank[[bool((flat == row).all(1).any()) for row in bank]]
+
+
+def test_fold_banks_drop_the_folds_own_entries_and_omit_emptied_parts():
+    entries = torch.arange(12.0).view(6, 2)
+    banks = {
+        "nearest": (entries, torch.tensor([0, 1, 2, 0, 1, 2])),
+        "pooled": (entries[:1], torch.tensor([2])),
+    }
+    fold_of = torch.tensor([0, 1, 1])  # image 0 in fold 0, images 1 and 2 in fold 1
+    zero = fold_banks(banks, fold_of, 0)
+    assert torch.equal(zero["nearest"], entries[[1, 2, 4, 5]])
+    assert torch.equal(zero["pooled"], entries[:1])
+    one = fold_banks(banks, fold_of, 1)
+    assert torch.equal(one["nearest"], entries[[0, 3]])
+    assert "pooled" not in one  # its only entry came from fold 1: the head selects its own
+
+
+def test_a_fold_whose_images_hold_the_whole_bank_selects_its_own():
+    model, features = _level(6, seed=4)
+    config = tiny_config(head_parts=("nearest",), bank_size=1, holdout=0.5, seed=2)
+    cf = crossfit_heads(config, [model], [features])
+    tokens = model(features, div_branches=frozenset(), entropy=False).tokens.detach()
+    (entry,) = cf.heads[0].bank
+    owner = [i for i in range(6) if bool((tokens[i] == entry).all(1).any())]
+    assert len(owner) == 1
+    for j, held in enumerate(cf.folds):
+        bank = cf.fold_heads[j][0].bank
+        assert bank.shape == (1, 5)
+        # never a token of the fold's own images
+        assert not any(bool((tokens[i] == bank[0]).all(1).any()) for i in held.tolist())
 
 
 def test_out_of_fold_scores_route_each_row_to_its_group():

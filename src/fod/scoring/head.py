@@ -46,11 +46,11 @@ from fod.batches import map_batches
 from fod.config import MAP_HEAD_PARTS
 from fod.model import FODOutput, Variant, token_scores
 from fod.scoring.normality import (
+    bank_indices,
     choose_shrinkage,
     fit_gaussian,
     local_average,
     mahalanobis,
-    memory_bank,
     nearest_distance,
 )
 
@@ -74,6 +74,12 @@ POOLED_SIDE = 3
 WIDE_SIDE = 7
 #: The sides of the averaging parts, which share one bank size (``pooled_bank_size``).
 AVERAGED_SIDES = {"pooled": POOLED_SIDE, "wide": WIDE_SIDE}
+
+
+def bank_side(part: str, pool: int) -> int:
+    """Side of the square of tokens bank part ``part`` averages: ``pool`` (the config's
+    ``nearest_pool``) for ``nearest``, :data:`AVERAGED_SIDES` for the others."""
+    return int(pool) if part == "nearest" else AVERAGED_SIDES[part]
 
 
 def check_parts(parts: Sequence[str]) -> tuple[str, ...]:
@@ -144,7 +150,7 @@ class CalibratedHead(nn.Module):
 
     def side(self, part: str) -> int:
         """Side of the square of tokens a bank part (:data:`BANKS`) averages before its search."""
-        return self.pool if part == "nearest" else AVERAGED_SIDES[part]
+        return bank_side(part, self.pool)
 
     @property
     def needs_model(self) -> bool:
@@ -258,6 +264,7 @@ def fit_head(
     pool: int = 1,
     pooled_bank_size: int | None = None,
     shrinkage: Mapping[str, float] | None = None,
+    banks: Mapping[str, Tensor] | None = None,
 ) -> CalibratedHead:
     """Fit one level's head: statistics on ``fit_features`` (the images the transformer was
     trained on), centre and scale of each part on ``holdout_features`` (good images neither
@@ -267,7 +274,10 @@ def fit_head(
     averaging parts (:data:`AVERAGED_SIDES`) hold ``pooled_bank_size`` tokens each (None:
     ``bank_size``). With ``shrinkage`` (a weight per Gaussian part) the held-out images do
     not choose it, and ``holdout_features`` may be None: the head is then left uncalibrated
-    (centre 0, scale 1) for the caller's :func:`calibrate_head`, as cross-fitting does."""
+    (centre 0, scale 1) for the caller's :func:`calibrate_head`, as cross-fitting does.
+    ``banks`` (an (M, C) tensor per bank part): use these memory banks instead of selecting
+    them from ``fit_features`` (cross-fitting hands each fold its share of the banks of
+    every image, :func:`bank_entries`); the bank parts it does not name are selected."""
     parts = check_parts(parts)
     if holdout_features is None and shrinkage is None:
         raise ValueError("without held-out images the head needs its shrinkage weights given")
@@ -277,18 +287,17 @@ def fit_head(
     model = model.to(device).eval()
     spec = model.spec
     tokens, recon, _ = _outputs(model, fit_features, batch_size, device, paper=False)
-    pooled_size = bank_size if pooled_bank_size is None else pooled_bank_size
-    n_tokens = tokens.shape[0] * tokens.shape[1]
-    head = CalibratedHead(  # a bank holds at most every fit token; sizes of absent parts unused
+    sizes = _bank_sizes(parts, bank_size, pooled_bank_size, tokens.shape[0] * tokens.shape[1])
+    head = CalibratedHead(  # sizes of absent parts unused; given banks replace these buffers
         parts,
         model.variant,
         spec.tokens,
         spec.channels,
-        min(int(bank_size), n_tokens),
+        sizes.get("nearest", 0),
         spec.height,
         spec.width,
         pool=pool,
-        pooled_bank_size=min(int(pooled_size), n_tokens),
+        pooled_bank_size=max((sizes[p] for p in AVERAGED_SIDES if p in sizes), default=0),
     )
     held = None
     if holdout_features is not None:
@@ -302,16 +311,75 @@ def fit_head(
                 held_x = _gaussian_input(name, held[0], held[1])
                 shrink = choose_shrinkage(_gaussian_input(name, tokens, recon), held_x)
             _set_gaussian(head, name, _gaussian_input(name, tokens, recon), shrink)
+    given = dict(banks or {})
+    missing = {part: size for part, size in sizes.items() if part not in given}
+    chosen = _select_banks(tokens, spec.height, spec.width, pool, missing, seed, bank_selection)
+    given.update({part: entries for part, (entries, _) in chosen.items()})
     for part, name in BANKS.items():
         if part in parts:
-            averaged = local_average(tokens, spec.height, spec.width, head.side(part))
-            size = getattr(head, name).shape[0]  # the size the head was built with
-            setattr(head, name, memory_bank(averaged, size, seed, bank_selection))
+            setattr(head, name, given[part].to(tokens.dtype).contiguous())
     if held is not None:
         with torch.no_grad():
             scores = head.part_scores(FODOutput(held[0], held[1]), held[2])
         calibrate_head(head, torch.stack(scores, dim=1))
     return head.to(device).eval()
+
+
+def _bank_sizes(
+    parts: Sequence[str], bank_size: int, pooled_bank_size: int | None, n_tokens: int
+) -> dict[str, int]:
+    """Per bank part of ``parts``: its bank's size (``pooled_bank_size`` for the averaging
+    parts, None: ``bank_size``), at most ``n_tokens``, every token there is."""
+    pooled = bank_size if pooled_bank_size is None else pooled_bank_size
+    return {
+        part: min(int(bank_size if part == "nearest" else pooled), int(n_tokens))
+        for part in BANKS
+        if part in parts
+    }
+
+
+def _select_banks(
+    tokens: Tensor,
+    height: int,
+    width: int,
+    pool: int,
+    sizes: Mapping[str, int],
+    seed: int,
+    selection: str,
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per bank part of ``sizes``: its memory bank of ``tokens`` (N, L, C), each token
+    averaged as the part averages (:func:`bank_side`), and the image (0..N-1) each entry
+    comes from."""
+    out = {}
+    for part, size in sizes.items():
+        averaged = local_average(tokens, height, width, bank_side(part, pool))
+        idx = bank_indices(averaged, size, seed, selection)
+        out[part] = (averaged.reshape(-1, averaged.shape[-1])[idx].clone(), idx // tokens.shape[1])
+    return out
+
+
+def bank_entries(
+    parts: Sequence[str],
+    model: nn.Module,
+    features: Tensor,
+    bank_size: int,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    bank_selection: str = "coverage",
+    pool: int = 1,
+    pooled_bank_size: int | None = None,
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """The memory banks :func:`fit_head` would select from ``features`` (N, C, H, W), one
+    per bank part of ``parts``, each with the image (0..N-1) every entry comes from: the
+    entries of some images can then be dropped (cross-fitting's folds)."""
+    parts = check_parts(parts)
+    device = torch.device(device)
+    model = model.to(device).eval()
+    spec = model.spec
+    tokens, _, _ = _outputs(model, features, batch_size, device, paper=False)
+    sizes = _bank_sizes(parts, bank_size, pooled_bank_size, tokens.shape[0] * tokens.shape[1])
+    return _select_banks(tokens, spec.height, spec.width, pool, sizes, seed, bank_selection)
 
 
 def _gaussian_input(part: str, tokens: Tensor, reconstruction: Tensor) -> Tensor:
@@ -401,6 +469,8 @@ __all__ = [
     "POOLED_SIDE",
     "WIDE_SIDE",
     "CalibratedHead",
+    "bank_entries",
+    "bank_side",
     "calibrate_head",
     "check_parts",
     "fit_head",

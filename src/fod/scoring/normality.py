@@ -134,7 +134,15 @@ def local_average(tokens: Tensor, height: int, width: int, size: int) -> Tensor:
 
 
 def memory_bank(tokens: Tensor, size: int, seed: int = 0, selection: str = "coverage") -> Tensor:
-    """``(M, C)``: ``size`` distinct good tokens of ``tokens`` (N, L, C) (all when fewer), seeded.
+    """``(M, C)``: ``size`` distinct good tokens of ``tokens`` (N, L, C) (all when fewer), seeded:
+    the rows :func:`bank_indices` picks."""
+    flat = tokens.reshape(-1, tokens.shape[-1])
+    return flat[bank_indices(tokens, size, seed, selection)].clone()
+
+
+def bank_indices(tokens: Tensor, size: int, seed: int = 0, selection: str = "coverage") -> Tensor:
+    """Indices into ``tokens`` (N, L, C) flattened to (N L, C) of a memory bank of ``size``
+    distinct good tokens (all when fewer), seeded; entry i comes from image index // L.
 
     ``random``: drawn without replacement. ``coverage``: half drawn so, the other half added
     in :data:`COVERAGE_ROUNDS` rounds, each adding the tokens farthest from the bank so far
@@ -148,10 +156,10 @@ def memory_bank(tokens: Tensor, size: int, seed: int = 0, selection: str = "cove
         )
     flat = tokens.reshape(-1, tokens.shape[-1])
     if flat.shape[0] <= size:
-        return flat.clone()
+        return torch.arange(flat.shape[0])
     gen = torch.Generator().manual_seed(int(seed))
     if selection == "random":
-        return flat[torch.randperm(flat.shape[0], generator=gen)[:size]].clone()
+        return torch.randperm(flat.shape[0], generator=gen)[:size]
     half = max(1, size // 2)
     per_round = -(-(size - half) // COVERAGE_ROUNDS)
     x = flat.float()[None]  # one "image" whose grid is every token
@@ -165,7 +173,7 @@ def memory_bank(tokens: Tensor, size: int, seed: int = 0, selection: str = "cove
         added = nearest.topk(min(per_round, left)).indices
         chosen = torch.cat([chosen, added])
         torch.minimum(nearest, nearest_distance(x, x[0, added])[0], out=nearest)
-    return flat[chosen].clone()
+    return chosen
 
 
 def nearest_distance(tokens: Tensor, bank: Tensor, chunk: int | None = None) -> Tensor:
@@ -207,6 +215,7 @@ __all__ = [
     "NEAREST_BLOCK",
     "RIDGE",
     "SHRINKAGE_GRID",
+    "bank_indices",
     "choose_shrinkage",
     "fit_gaussian",
     "gaussian_log_likelihood",
