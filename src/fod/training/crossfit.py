@@ -11,13 +11,13 @@ the validation is scored by the heads of the fold its image belongs to; the shri
 Gaussian part is the mean of the folds' choices. The transformers and the heads that score
 new images are fitted on every good image, with that calibration. The memory banks are
 selected once, from every image, and each fold's heads keep the entries of the other folds'
-images (:func:`fold_banks`): a coverage selection searches every token against the bank, and
-one per fold and one for the final heads made the head fits of a cross-fitted MTD run
-(761 images) 400 of its 1 515 seconds. What remains is a Gaussian fit and an out-of-fold
-scoring per fold, so the config's ``calibration`` ``auto`` still cross-fits only where the
-slice would be small (:func:`resolve_calibration`). The heat-map colour range is taken from
-these images' maps; the segmenter, which keeps a plain split (the first fold held out), has
-seen the other folds.
+images (:func:`fold_banks`): a coverage selection searches every token against the bank,
+and with one per fold the five folds' head fits took 400 of a cross-fitted MTD run's 1 515
+seconds (761 images), most of it selecting banks. What remains is a Gaussian fit and an
+out-of-fold scoring per fold, so the config's ``calibration`` ``auto`` still cross-fits
+only where the slice would be small (:func:`resolve_calibration`). The heat-map colour range
+is taken from these images' maps; the segmenter, which keeps a plain split (the first fold
+held out), has seen the other folds.
 
 >>> crossfit = crossfit_heads(config, models, features)   # features: one (N, C, H, W) per level
 """

@@ -323,7 +323,7 @@ def anomaly_sources(held_out: int, seed: int = 0) -> Tensor:
     keep = MAX_ANOMALIES // PER_IMAGE
     if held_out <= keep:
         return torch.arange(held_out)
-    gen = torch.Generator().manual_seed(int(seed) + 104729)
+    gen = torch.Generator().manual_seed(int(seed) + 104729)  # apart from the folds' draw
     return torch.randperm(held_out, generator=gen)[:keep].sort().values
 
 
