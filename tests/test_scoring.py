@@ -13,6 +13,7 @@ from fod.model import FODTransformer, LevelSpec, Variant, mean_reference, token_
 from fod.scoring import (
     Detector,
     anomaly_map,
+    blurred_upsample,
     gaussian_blur,
     gaussian_kernel,
     image_scores,
@@ -64,6 +65,29 @@ def test_gaussian_blur_float32_close_to_scipy() -> None:
     got = gaussian_blur(torch.from_numpy(maps)).numpy()
     want = ndimage.gaussian_filter(maps[0].astype(np.float64), 4.0, mode="reflect", truncate=4.0)
     np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "sigma"), [((4, 4), 16, 4.0), ((3, 5), 12, 4.0), ((16, 16), 256, 4.0)]
+)
+def test_blurred_upsample_is_the_blur_of_the_upsampled_map(
+    shape: tuple[int, int], size: int, sigma: float
+) -> None:
+    # scipy's blur of the numpy bilinear upsampling; the small sizes fold the reflection
+    rng = np.random.default_rng(3)
+    levels = rng.standard_normal((2, 3, *shape))
+    got = blurred_upsample(torch.from_numpy(levels), size, sigma).numpy()
+    assert got.shape == (2, 3, size, size)
+    for i in range(2):
+        for j in range(3):
+            up = bilinear_numpy(levels[i, j], size, size)
+            want = ndimage.gaussian_filter(up, sigma, mode="reflect", truncate=4.0)
+            np.testing.assert_allclose(got[i, j], want, rtol=1e-10, atol=1e-12)
+    z32 = torch.from_numpy(levels[0]).float()
+    slow = gaussian_blur(anomaly_map([z32], size), sigma)
+    np.testing.assert_allclose(blurred_upsample(z32, size, sigma), slow, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="must be"):
+        blurred_upsample(torch.zeros(4), size)
 
 
 def test_gaussian_kernel() -> None:

@@ -3,6 +3,7 @@
 from fod.scoring.anomaly_map import (
     DEFAULT_SIGMA,
     anomaly_map,
+    blurred_upsample,
     gaussian_blur,
     gaussian_kernel,
     image_scores,
@@ -18,6 +19,7 @@ __all__ = [
     "Detector",
     "ScoredSet",
     "anomaly_map",
+    "blurred_upsample",
     "calibrate",
     "gaussian_blur",
     "gaussian_kernel",

@@ -4,12 +4,16 @@ Each level's (H_l, W_l) map is upsampled bilinearly (``align_corners=False``) to
 levels are averaged; pixel metrics use this map as it is. The image score is the maximum of the
 map after a Gaussian blur with sigma 4 pixels, the blur of ``scipy.ndimage.gaussian_filter``
 (kernel truncated at 4 sigma, "reflect" borders that repeat the edge pixel) written with two
-1D ``conv2d`` passes so the whole scorer traces and exports to ONNX.
+1D ``conv2d`` passes so the whole scorer traces and exports to ONNX. Where only the blurred
+map is wanted (the image scores), upsampling and blurring are one linear map per axis,
+:func:`smoothing_matrix`, applied as two small matrix products: the same values, about twenty
+times faster on a CPU than upsampling to S x S and convolving.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +74,42 @@ def gaussian_blur(maps: Tensor, sigma: float = DEFAULT_SIGMA) -> Tensor:
     return x.squeeze(1)
 
 
+@lru_cache(maxsize=32)
+def _smoothing_matrix(n: int, size: int, sigma: float) -> Tensor:
+    eye = torch.eye(n, dtype=torch.float64).view(n, 1, 1, n)
+    up = F.interpolate(eye, size=(1, size), mode="bilinear", align_corners=False)
+    up = up.view(n, size).T  # (size, n): column j is the upsampled unit vector e_j
+    kernel = gaussian_kernel(sigma)
+    padded = reflect_indices(size, (kernel.numel() - 1) // 2)
+    blur = torch.zeros(size, size, dtype=torch.float64)
+    rows = torch.arange(size)
+    for t, weight in enumerate(kernel):  # blur[i, padded[i + t]] += kernel[t], as the conv
+        blur.index_put_((rows, padded[rows + t]), weight.expand(size), accumulate=True)
+    return blur @ up
+
+
+def smoothing_matrix(n: int, size: int, sigma: float = DEFAULT_SIGMA) -> Tensor:
+    """(size, n) float64 matrix of one axis's bilinear upsampling (``align_corners=False``)
+    from n to ``size`` followed by :func:`gaussian_blur`'s 1D blur along it: both are linear
+    and act on each axis apart, so ``A_h @ z @ A_w.T`` is the blurred upsampled map."""
+    if n < 1 or size < 1:
+        raise ValueError(f"cannot upsample {n} to {size}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    return _smoothing_matrix(int(n), int(size), float(sigma))
+
+
+def blurred_upsample(scores: Tensor, size: int, sigma: float = DEFAULT_SIGMA) -> Tensor:
+    """(..., H, W) -> (..., S, S): ``gaussian_blur(anomaly_map([scores], size), sigma)`` for
+    every leading index, as two matrix products with :func:`smoothing_matrix`."""
+    if scores.dim() < 2:
+        raise ValueError(f"scores must be (..., H, W), got {tuple(scores.shape)}")
+    h, w = int(scores.shape[-2]), int(scores.shape[-1])
+    rows = smoothing_matrix(h, size, sigma).to(device=scores.device, dtype=scores.dtype)
+    cols = smoothing_matrix(w, size, sigma).to(device=scores.device, dtype=scores.dtype)
+    return torch.matmul(torch.matmul(rows, scores), cols.T)
+
+
 def image_scores(maps: Tensor, sigma: float = DEFAULT_SIGMA) -> Tensor:
     """(B, S, S) -> (B,): the maximum of each blurred map."""
     return gaussian_blur(maps, sigma).flatten(1).amax(dim=1)
@@ -78,8 +118,10 @@ def image_scores(maps: Tensor, sigma: float = DEFAULT_SIGMA) -> Tensor:
 __all__ = [
     "DEFAULT_SIGMA",
     "anomaly_map",
+    "blurred_upsample",
     "gaussian_blur",
     "gaussian_kernel",
     "image_scores",
     "reflect_indices",
+    "smoothing_matrix",
 ]

@@ -29,7 +29,12 @@ from fod.config import INFERENCE_BATCH_SIZE
 from fod.data import ImageDataset, Sample
 from fod.model import FODOutput, FODTransformer
 from fod.model.scores import score_branches
-from fod.scoring.anomaly_map import DEFAULT_SIGMA, anomaly_map, gaussian_blur, image_scores
+from fod.scoring.anomaly_map import (
+    DEFAULT_SIGMA,
+    anomaly_map,
+    blurred_upsample,
+    image_scores,
+)
 from fod.scoring.head import CalibratedHead
 from fod.scoring.segmenter import AnomalySegmenter
 
@@ -113,7 +118,8 @@ def weighting_maxima(
     of the blurred level mean of each level's parts weighted by row k.
 
     Upsampling and blurring are linear, so each level's parts are upsampled and blurred once
-    and every weighting is a weighted sum of those maps before its maximum."""
+    (:func:`~fod.scoring.anomaly_map.blurred_upsample`) and every weighting is a weighted sum
+    of those maps before its maximum."""
     if len(scores) != len(image_weights):
         raise ValueError(f"{len(image_weights)} image weights for {len(scores)} levels")
     levels = len(scores)
@@ -124,15 +130,8 @@ def weighting_maxima(
     if not any(used):
         used = [list(range(w.shape[1])) for w in rows]
     kept = [(z[:, u], w[:, u]) for z, w, u in zip(scores, rows, used, strict=True) if u]
-    maps = torch.cat(  # (B, parts used, S, S): each level's used parts, upsampled and blurred
-        [
-            gaussian_blur(anomaly_map([z.flatten(0, 1)], size), sigma).view(
-                -1, z.shape[1], size, size
-            )
-            for z, _ in kept
-        ],
-        dim=1,
-    )
+    # (B, parts used, S, S): each level's used parts, upsampled and blurred
+    maps = torch.cat([blurred_upsample(z, size, sigma) for z, _ in kept], dim=1)
     weights = torch.cat([w for _, w in kept], dim=1)  # (K, parts used)
     weights = (weights / levels).to(maps.dtype)  # the mean over levels
     return torch.stack(
