@@ -16,7 +16,9 @@ from fod.scoring.normality import (
     COVERAGE_ROUNDS,
     choose_shrinkage,
     fit_gaussian,
+    gaussian_from_moments,
     gaussian_log_likelihood,
+    gaussian_moments,
     local_average,
     mahalanobis,
     memory_bank,
@@ -98,6 +100,19 @@ def test_shrinkage_is_chosen_by_held_out_likelihood():
     grid = (0.0, 0.5, 1.0)
     lls = [gaussian_log_likelihood(held, *fit_gaussian(few, shrink=a)) for a in grid]
     assert choose_shrinkage(few, held, grid) == grid[int(np.argmax(lls))]
+
+
+def test_moments_shared_by_several_weights_give_each_weights_gaussian_exactly():
+    # choose_shrinkage computes the moments once; its Gaussians must be fit_gaussian's, bit
+    # for bit, or a model's scores would depend on how its shrinkage was chosen
+    x = _tokens(9, 5, 4).float()
+    moments = gaussian_moments(x)
+    for shrink in (0.0, 0.35, 1.0, None):
+        fast, slow = gaussian_from_moments(moments, shrink), fit_gaussian(x, shrink)
+        for got, want in zip(fast, slow, strict=True):
+            assert got.dtype == torch.float32 and torch.equal(got, want)
+    with pytest.raises(ValueError, match="shrink"):
+        gaussian_from_moments(moments, -0.1)
 
 
 def test_nearest_distance_matches_brute_force():

@@ -12,14 +12,20 @@ from conftest import fold_routed_scores, tiny_config
 import fod.training.shrinkage as shrinkage
 from fod.config import ConfigError, FODConfig, legacy_config
 from fod.model import FODTransformer, LevelSpec, Variant
-from fod.scoring.head import fit_head, model_outputs, raw_part_scores, with_shrinkage
+from fod.scoring.head import (
+    fit_head,
+    gaussian_inputs,
+    model_outputs,
+    raw_part_scores,
+    with_shrinkage,
+)
 from fod.scoring.normality import fit_gaussian
 from fod.training import fit
 from fod.training.crossfit import fold_rests
 from fod.training.shrinkage import (
     CANDIDATES,
     finalised,
-    fit_outputs,
+    fit_moments,
     fitted,
     refitted,
     scored_rows,
@@ -48,7 +54,9 @@ def test_with_shrinkage_refits_the_gaussian_and_keeps_the_rest():
     parts = ("residual", "feature", "nearest")
     head = fit_head(parts, model, features[:9], features[9:], 40, 3)
     before = {k: v.clone() for k, v in head.state_dict().items()}
-    copy = with_shrinkage(head, model_outputs(model, features[:9]), 0.3)
+    copy = with_shrinkage(
+        head, gaussian_inputs(head.parts, model_outputs(model, features[:9])), 0.3
+    )
     # the Gaussians of the 9 fit images, shrunk by 0.3, computed directly
     mean, precision = fit_gaussian(_residuals(model, features[:9]), shrink=0.3)
     assert torch.allclose(copy.residual_mean, mean, atol=1e-6)
@@ -74,7 +82,7 @@ def test_refitted_slice_heads_are_calibrated_on_the_held_out_images():
     labels = torch.zeros(len(result.holdout_indices), dtype=torch.long)
     good = scored_rows(base, result.models, result.holdout, labels)
     every = [model_outputs(m, f) for m, f in zip(result.models, features, strict=True)]
-    candidate = refitted(base, fit_outputs(result, every), 1.0, good)
+    candidate = refitted(base, fit_moments(result, every, base.heads[0].parts), 1.0, good)
     assert candidate.shrinkage == 1.0 and candidate.fold_heads is None
     assert finalised(candidate, base, every) is candidate  # the slice's heads score new images
     for level, (model, f) in enumerate(zip(result.models, features, strict=True)):
@@ -100,7 +108,9 @@ def test_refitted_cross_fitted_heads_fit_each_fold_on_the_others():
     for a, b in zip(good.raw, result.crossfit.raw, strict=True):  # the fit's own, scored again
         assert torch.allclose(a, b, atol=1e-5)
     every = [model_outputs(m, f) for m, f in zip(result.models, features, strict=True)]
-    candidate = finalised(refitted(base, fit_outputs(result, every), 0.0, good), base, every)
+    candidate = finalised(
+        refitted(base, fit_moments(result, every, base.heads[0].parts), 0.0, good), base, every
+    )
     folds = result.crossfit.folds
     for level, (model, f) in enumerate(zip(result.models, features, strict=True)):
         raw = torch.empty(15, *raw_part_scores(candidate.heads[level], model, f[:1]).shape[1:])

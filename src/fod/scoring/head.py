@@ -46,9 +46,11 @@ from fod.batches import map_batches
 from fod.config import MAP_HEAD_PARTS
 from fod.model import FODOutput, Variant, token_scores
 from fod.scoring.normality import (
+    GaussianMoments,
     bank_indices,
     choose_shrinkage,
-    fit_gaussian,
+    gaussian_from_moments,
+    gaussian_moments,
     local_average,
     mahalanobis,
     nearest_distance,
@@ -304,13 +306,15 @@ def fit_head(
         held = _outputs(model, holdout_features, batch_size, device, paper="paper" in parts)
     for name in GAUSSIAN_PARTS:
         if name in parts:
+            fit_x = _gaussian_input(name, tokens, recon)
+            moments = gaussian_moments(fit_x)  # shared by every weight tried and the fit
             if shrinkage is not None:
                 shrink = float(shrinkage[name])
             else:
                 assert held is not None
                 held_x = _gaussian_input(name, held[0], held[1])
-                shrink = choose_shrinkage(_gaussian_input(name, tokens, recon), held_x)
-            _set_gaussian(head, name, _gaussian_input(name, tokens, recon), shrink)
+                shrink = choose_shrinkage(fit_x, held_x, moments=moments)
+            _set_gaussian(head, name, moments, shrink)
     given = dict(banks or {})
     missing = {part: size for part, size in sizes.items() if part not in given}
     chosen = _select_banks(tokens, spec.height, spec.width, pool, missing, seed, bank_selection)
@@ -387,11 +391,22 @@ def _gaussian_input(part: str, tokens: Tensor, reconstruction: Tensor) -> Tensor
     return tokens - reconstruction if part == "residual" else tokens
 
 
-def _set_gaussian(head: CalibratedHead, part: str, fit_x: Tensor, shrink: float) -> None:
-    mean, precision = fit_gaussian(fit_x, shrink=shrink)
+def _set_gaussian(head: CalibratedHead, part: str, moments: GaussianMoments, shrink: float) -> None:
+    mean, precision = gaussian_from_moments(moments, shrink=shrink)
     setattr(head, f"{part}_mean", mean.to(head.center.device))
     setattr(head, f"{part}_precision", precision.to(head.center.device))
     head.shrinkage[part] = float(shrink)
+
+
+def gaussian_inputs(parts: Sequence[str], fit: FODOutput) -> dict[str, GaussianMoments]:
+    """Per Gaussian part of ``parts`` (:data:`GAUSSIAN_PARTS`), the :func:`gaussian_moments`
+    of what it models on ``fit``, the :func:`model_outputs` of the images a head is fitted
+    on: computed once, they serve every shrinkage weight :func:`with_shrinkage` tries."""
+    return {
+        name: gaussian_moments(_gaussian_input(name, fit.tokens, fit.reconstruction))
+        for name in GAUSSIAN_PARTS
+        if name in parts
+    }
 
 
 def model_outputs(
@@ -407,9 +422,11 @@ def model_outputs(
     return FODOutput(tokens.cpu(), recon.cpu())
 
 
-def with_shrinkage(head: CalibratedHead, fit: FODOutput, shrink: float) -> CalibratedHead:
+def with_shrinkage(
+    head: CalibratedHead, fit: Mapping[str, GaussianMoments], shrink: float
+) -> CalibratedHead:
     """A copy of ``head`` whose Gaussian parts (:data:`GAUSSIAN_PARTS`) are fitted again with
-    shrinkage weight ``shrink`` on ``fit``, the :func:`model_outputs` of the images ``head``
+    shrinkage weight ``shrink`` on ``fit``, the :func:`gaussian_inputs` of the images ``head``
     was fitted on; banks, centre and scale are copied (calibrate it again)."""
     state = {k: v.cpu() for k, v in head.state_dict().items()}
     copy = CalibratedHead.from_state_dict(
@@ -418,7 +435,7 @@ def with_shrinkage(head: CalibratedHead, fit: FODOutput, shrink: float) -> Calib
     copy.shrinkage = dict(head.shrinkage)
     for name in GAUSSIAN_PARTS:
         if name in copy.parts:
-            _set_gaussian(copy, name, _gaussian_input(name, fit.tokens, fit.reconstruction), shrink)
+            _set_gaussian(copy, name, fit[name], shrink)
     return copy.to(head.center.device).eval()
 
 
@@ -474,6 +491,7 @@ __all__ = [
     "calibrate_head",
     "check_parts",
     "fit_head",
+    "gaussian_inputs",
     "gaussian_part_scores",
     "image_part_mask",
     "model_outputs",

@@ -60,18 +60,40 @@ def fit_gaussian(
     covariance, S the average of the S_l (the shared part), a = ``shrink`` (default
     :func:`shrinkage_weight`) and r = ``ridge`` times the mean variance. Float64 inside.
     """
+    return gaussian_from_moments(gaussian_moments(tokens), shrink, ridge)
+
+
+#: Float64 per-position mean (L, C) and covariance (L, C, C), the image count and the dtype.
+GaussianMoments = tuple[Tensor, Tensor, int, torch.dtype]
+
+
+def gaussian_moments(tokens: Tensor) -> GaussianMoments:
+    """Float64 per-position mean (L, C) and sample covariance (L, C, C) of ``tokens``
+    (N, L, C), with N and the tokens' dtype: what every shrinkage weight's Gaussian is made
+    from (:func:`gaussian_from_moments`), computed once when several weights are tried."""
     if tokens.dim() != 3:
         raise ValueError(f"tokens must be (N, L, C), got {tuple(tokens.shape)}")
-    n, _, c = tokens.shape
+    n = int(tokens.shape[0])
     if n < 2:
         raise ValueError(f"a Gaussian needs at least 2 good images, got {n}")
-    a = shrinkage_weight(n, c) if shrink is None else float(shrink)
-    if not 0.0 <= a <= 1.0:
-        raise ValueError(f"shrink must lie in [0, 1], got {shrink}")
     x = tokens.double().transpose(0, 1)  # (L, N, C)
     mean = x.mean(1)
     centred = x - mean.unsqueeze(1)
     cov = centred.transpose(1, 2) @ centred / (n - 1)  # (L, C, C)
+    return mean, cov, n, tokens.dtype
+
+
+def gaussian_from_moments(
+    moments: GaussianMoments,
+    shrink: float | None = None,
+    ridge: float = RIDGE,
+) -> tuple[Tensor, Tensor]:
+    """:func:`fit_gaussian`'s mean and precision from :func:`gaussian_moments`."""
+    mean, cov, n, dtype = moments
+    c = int(cov.shape[-1])
+    a = shrinkage_weight(n, c) if shrink is None else float(shrink)
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(f"shrink must lie in [0, 1], got {shrink}")
     shared = cov.mean(0, keepdim=True)
     cov = (1.0 - a) * cov + a * shared
     level = torch.diagonal(shared[0]).mean().clamp_min(1e-12)
@@ -80,7 +102,7 @@ def fit_gaussian(
     precision = 0.5 * (precision + precision.transpose(1, 2))
     # contiguous, as a loaded model's is: the matmul kernel, and so the rounding, follow the
     # layout, and a saved model must score exactly as the one that was fitted
-    return mean.to(tokens.dtype).contiguous(), precision.to(tokens.dtype).contiguous()
+    return mean.to(dtype).contiguous(), precision.to(dtype).contiguous()
 
 
 def gaussian_log_likelihood(tokens: Tensor, mean: Tensor, precision: Tensor) -> float:
@@ -91,14 +113,20 @@ def gaussian_log_likelihood(tokens: Tensor, mean: Tensor, precision: Tensor) -> 
 
 
 def choose_shrinkage(
-    fit_tokens: Tensor, holdout_tokens: Tensor, grid: tuple[float, ...] = SHRINKAGE_GRID
+    fit_tokens: Tensor,
+    holdout_tokens: Tensor,
+    grid: tuple[float, ...] = SHRINKAGE_GRID,
+    moments: GaussianMoments | None = None,
 ) -> float:
     """The shrinkage weight whose Gaussian (fitted on ``fit_tokens``) gives the held-out good
     tokens the highest likelihood: near 0 when images are many, near 1 when they are few.
-    Ties go to the smaller weight."""
+    Ties go to the smaller weight. ``moments``: ``fit_tokens``' :func:`gaussian_moments`
+    when the caller has them (they are computed once either way)."""
     best, best_ll = grid[0], -float("inf")
+    if moments is None:
+        moments = gaussian_moments(fit_tokens)
     for a in grid:
-        mean, precision = fit_gaussian(fit_tokens, shrink=a)
+        mean, precision = gaussian_from_moments(moments, shrink=a)
         ll = gaussian_log_likelihood(holdout_tokens, mean, precision)
         if ll > best_ll + 1e-9:
             best, best_ll = a, ll
@@ -215,10 +243,13 @@ __all__ = [
     "NEAREST_BLOCK",
     "RIDGE",
     "SHRINKAGE_GRID",
+    "GaussianMoments",
     "bank_indices",
     "choose_shrinkage",
     "fit_gaussian",
+    "gaussian_from_moments",
     "gaussian_log_likelihood",
+    "gaussian_moments",
     "local_average",
     "mahalanobis",
     "memory_bank",

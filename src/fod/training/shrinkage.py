@@ -25,7 +25,7 @@ again: the memory banks are searched once.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +38,12 @@ from fod.model import FODOutput, FODTransformer
 from fod.scoring.head import (
     GAUSSIAN_PARTS,
     CalibratedHead,
+    gaussian_inputs,
     gaussian_part_scores,
     model_outputs,
     with_shrinkage,
 )
+from fod.scoring.normality import GaussianMoments
 from fod.training.crossfit import calibrate_folds, fold_rests, out_of_fold_scores
 from fod.training.fit import FitResult
 from fod.training.validation import (
@@ -130,16 +132,20 @@ def _rows_of(output: FODOutput, rows: Tensor) -> FODOutput:
     return FODOutput(output.tokens[rows], output.reconstruction[rows])
 
 
-def fit_outputs(result: FitResult, every: Sequence[FODOutput]) -> list[list[FODOutput]]:
-    """For each set of scorers (each fold's heads, or the slice's), per level, the outputs of
-    the images those heads were fitted on, cut from ``every`` good image's
-    :func:`~fod.scoring.head.model_outputs` (one per level)."""
+def fit_moments(
+    result: FitResult, every: Sequence[FODOutput], parts: Sequence[str]
+) -> list[list[dict[str, GaussianMoments]]]:
+    """For each set of scorers (each fold's heads, or the slice's), per level, the
+    :func:`~fod.scoring.head.gaussian_inputs` of ``parts`` on the images those heads were
+    fitted on, cut from ``every`` good image's :func:`~fod.scoring.head.model_outputs` (one
+    per level): computed once, shared by every shrinkage weight tried."""
     if result.crossfit is not None:
         rests = fold_rests(result.crossfit.folds)
-        return [[_rows_of(o, rest) for o in every] for rest in rests]
-    if result.fit_indices is None:
+    elif result.fit_indices is None:
         raise ValueError("the fit held no images out (the paper's head)")
-    return [[_rows_of(o, result.fit_indices) for o in every]]
+    else:
+        rests = [result.fit_indices]
+    return [[gaussian_inputs(parts, _rows_of(o, rest)) for o in every] for rest in rests]
 
 
 def _standardised(head: CalibratedHead, raw: Tensor) -> Tensor:
@@ -165,12 +171,12 @@ def _with_gaussians(rows: ScoredRows, scorers: Sequence[Sequence[CalibratedHead]
 
 def refitted(
     base: Calibrated,
-    fits: Sequence[Sequence[FODOutput]],
+    fits: Sequence[Sequence[Mapping[str, GaussianMoments]]],
     shrink: float,
     good: ScoredRows,
 ) -> Calibrated:
     """``base``'s scorers with every Gaussian part fitted again with weight ``shrink`` on
-    ``fits`` (:func:`fit_outputs`), calibrated as the fit calibrated them, on the calibrating
+    ``fits`` (:func:`fit_moments`), calibrated as the fit calibrated them, on the calibrating
     images ``good``: the held-out slice, or every image out of fold. Cross-fitted, its
     ``heads`` are the first fold's (they share the calibration) until :func:`finalised`
     fits the heads for new images."""
@@ -193,7 +199,7 @@ def finalised(candidate: Calibrated, base: Calibrated, every: Sequence[FODOutput
         return candidate
     heads = []
     for head, fold, output in zip(base.heads, candidate.heads, every, strict=True):
-        final = with_shrinkage(head, output, candidate.shrinkage)
+        final = with_shrinkage(head, gaussian_inputs(head.parts, output), candidate.shrinkage)
         final.center, final.scale = fold.center.clone(), fold.scale.clone()
         final.image_weight = fold.image_weight.clone()
         heads.append(final)
@@ -270,7 +276,7 @@ def validate_shrinkage(
     first = report.pop("image_scores")
     if candidates:
         tried = [{"shrinkage": "likelihood", "image_auroc": report["image_auroc"]}]
-        fits = fit_outputs(result, every)
+        fits = fit_moments(result, every, base.heads[0].parts)
         for weight in candidates:
             candidate = refitted(base, fits, weight, good)
             candidate_report = run(candidate, _with_gaussians(anomalous, candidate.scorers))
@@ -299,7 +305,7 @@ __all__ = [
     "Calibrated",
     "ScoredRows",
     "finalised",
-    "fit_outputs",
+    "fit_moments",
     "fitted",
     "refitted",
     "scored_rows",
