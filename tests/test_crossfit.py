@@ -11,7 +11,7 @@ from conftest import fold_routed_scores, tiny_config
 from fod.config import ConfigError, FODConfig, legacy_config
 from fod.errors import DataError
 from fod.model import FODTransformer, LevelSpec, Variant
-from fod.scoring.head import fit_head, raw_part_scores
+from fod.scoring.head import fit_head, model_outputs, raw_part_scores
 from fod.scoring.normality import fit_gaussian, local_average
 from fod.training import fit
 from fod.training.crossfit import (
@@ -71,6 +71,28 @@ def _level(n: int = 12, seed: int = 0) -> tuple[FODTransformer, torch.Tensor]:
     return model, features
 
 
+def test_crossfit_runs_the_transformer_once_except_for_the_paper_part():
+    model, features = _level(15, seed=3)
+    config = tiny_config(head_parts=("residual", "nearest"), bank_size=60, seed=7)
+    cf = crossfit_heads(config, [model], [features])
+    out = model(features, div_branches=frozenset(), entropy=False)
+    assert cf.outputs is not None
+    assert torch.allclose(cf.outputs[0].tokens, out.tokens, atol=1e-6)
+    assert torch.allclose(cf.outputs[0].reconstruction, out.reconstruction, atol=1e-6)
+    for j, held in enumerate(cf.folds):  # the shared outputs score as a fresh pass does
+        want = raw_part_scores(cf.fold_heads[j][0], model, features[held])
+        assert torch.allclose(cf.raw[0][held], want, rtol=1e-5, atol=1e-5)
+    # the paper part's scores need the transformer's correlations: each fit runs it
+    paper = tiny_config(head_parts=("residual", "paper"), seed=7)
+    cf = crossfit_heads(paper, [model], [features])
+    assert cf.outputs is None
+    for j, held in enumerate(cf.folds):
+        want = raw_part_scores(cf.fold_heads[j][0], model, features[held])
+        assert torch.allclose(cf.raw[0][held], want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="paper part needs its scores"):
+        raw_part_scores(cf.heads[0], model, features, outputs=model_outputs(model, features))
+
+
 def test_out_of_fold_nearest_scores_match_brute_force():
     model, features = _level()
     config = tiny_config(head_parts=("nearest",), bank_size=10_000, holdout=0.25, seed=5)
@@ -121,10 +143,15 @@ def test_crossfit_heads_equal_heads_fitted_fold_by_fold():
             head = fit_head(parts, m, f[rest], f[held], 60, 7, pooled_bank_size=30, banks=banks)
             shrinks.append(head.shrinkage["residual"])
             raw[held] = raw_part_scores(head, m, f[held])
-            # each fold's head is that head, with the pooled calibration
-            assert torch.equal(cf.fold_heads[j][level].bank, banks["nearest"])
-            assert torch.equal(cf.fold_heads[j][level].pooled_bank, banks["pooled"])
-            assert torch.equal(cf.fold_heads[j][level].residual_mean, head.residual_mean)
+            # each fold's head is that head, with the pooled calibration (its Gaussian up to
+            # rounding: cross-fitting runs the transformer over all images at once, in other
+            # batches)
+            fold = cf.fold_heads[j][level]
+            assert torch.equal(fold.bank, banks["nearest"])
+            assert torch.equal(fold.pooled_bank, banks["pooled"])
+            assert fold.shrinkage == head.shrinkage
+            assert torch.allclose(fold.residual_mean, head.residual_mean, rtol=0, atol=1e-6)
+            assert torch.allclose(fold.residual_precision, head.residual_precision, rtol=1e-5)
         flat = raw.transpose(0, 1).reshape(3, -1)
         assert torch.allclose(final.center, flat.mean(1), rtol=1e-5)
         assert torch.allclose(final.scale, flat.std(1), rtol=1e-5)

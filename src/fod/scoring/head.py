@@ -267,6 +267,7 @@ def fit_head(
     pooled_bank_size: int | None = None,
     shrinkage: Mapping[str, float] | None = None,
     banks: Mapping[str, Tensor] | None = None,
+    outputs: tuple[FODOutput, FODOutput | None] | None = None,
 ) -> CalibratedHead:
     """Fit one level's head: statistics on ``fit_features`` (the images the transformer was
     trained on), centre and scale of each part on ``holdout_features`` (good images neither
@@ -279,7 +280,10 @@ def fit_head(
     (centre 0, scale 1) for the caller's :func:`calibrate_head`, as cross-fitting does.
     ``banks`` (an (M, C) tensor per bank part): use these memory banks instead of selecting
     them from ``fit_features`` (cross-fitting hands each fold its share of the banks of
-    every image, :func:`bank_entries`); the bank parts it does not name are selected."""
+    every image, :func:`bank_entries`); the bank parts it does not name are selected.
+    ``outputs``: the :func:`model_outputs` of the fit and held-out features when the caller
+    has them (cross-fitting runs the transformer once for all its fits; not with the paper
+    part, whose scores need more than the outputs)."""
     parts = check_parts(parts)
     if holdout_features is None and shrinkage is None:
         raise ValueError("without held-out images the head needs its shrinkage weights given")
@@ -288,7 +292,12 @@ def fit_head(
     device = torch.device(device)
     model = model.to(device).eval()
     spec = model.spec
-    tokens, recon, _ = _outputs(model, fit_features, batch_size, device, paper=False)
+    if outputs is not None and "paper" in parts:
+        raise ValueError("the paper part needs its scores computed here: pass no outputs")
+    if outputs is None:
+        tokens, recon, _ = _outputs(model, fit_features, batch_size, device, paper=False)
+    else:
+        tokens, recon = outputs[0].tokens, outputs[0].reconstruction
     sizes = _bank_sizes(parts, bank_size, pooled_bank_size, tokens.shape[0] * tokens.shape[1])
     head = CalibratedHead(  # sizes of absent parts unused; given banks replace these buffers
         parts,
@@ -302,7 +311,9 @@ def fit_head(
         pooled_bank_size=max((sizes[p] for p in AVERAGED_SIDES if p in sizes), default=0),
     )
     held = None
-    if holdout_features is not None:
+    if holdout_features is not None and outputs is not None and outputs[1] is not None:
+        held = (outputs[1].tokens, outputs[1].reconstruction, None)
+    elif holdout_features is not None:
         held = _outputs(model, holdout_features, batch_size, device, paper="paper" in parts)
     for name in GAUSSIAN_PARTS:
         if name in parts:
@@ -373,15 +384,20 @@ def bank_entries(
     bank_selection: str = "coverage",
     pool: int = 1,
     pooled_bank_size: int | None = None,
+    outputs: FODOutput | None = None,
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """The memory banks :func:`fit_head` would select from ``features`` (N, C, H, W), one
     per bank part of ``parts``, each with the image (0..N-1) every entry comes from: the
-    entries of some images can then be dropped (cross-fitting's folds)."""
+    entries of some images can then be dropped (cross-fitting's folds). ``outputs``: the
+    features' :func:`model_outputs` when the caller has them."""
     parts = check_parts(parts)
     device = torch.device(device)
     model = model.to(device).eval()
     spec = model.spec
-    tokens, _, _ = _outputs(model, features, batch_size, device, paper=False)
+    if outputs is None:
+        tokens, _, _ = _outputs(model, features, batch_size, device, paper=False)
+    else:
+        tokens = outputs.tokens
     sizes = _bank_sizes(parts, bank_size, pooled_bank_size, tokens.shape[0] * tokens.shape[1])
     return _select_banks(tokens, spec.height, spec.width, pool, sizes, seed, bank_selection)
 
@@ -445,12 +461,19 @@ def raw_part_scores(
     features: Tensor,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
+    outputs: FODOutput | None = None,
 ) -> Tensor:
     """(N, P, L): each part's raw (unstandardised) token scores of ``features`` (N, C, H, W)
-    under ``head``, on the CPU."""
+    under ``head``, on the CPU (``outputs``: their :func:`model_outputs` when at hand; not
+    with the paper part)."""
     device = torch.device(device)
     model = model.to(device).eval()
-    tokens, recon, paper = _outputs(model, features, batch_size, device, "paper" in head.parts)
+    if outputs is not None and "paper" in head.parts:
+        raise ValueError("the paper part needs its scores computed here: pass no outputs")
+    if outputs is None:
+        tokens, recon, paper = _outputs(model, features, batch_size, device, "paper" in head.parts)
+    else:
+        tokens, recon, paper = outputs.tokens.to(device), outputs.reconstruction.to(device), None
     with torch.no_grad():
         return torch.stack(head.to(device).part_scores(FODOutput(tokens, recon), paper), dim=1)
 

@@ -31,12 +31,13 @@ import torch
 from torch import Tensor
 
 from fod.config import CALIBRATIONS, FODConfig, check_choice
-from fod.model import FODTransformer
+from fod.model import FODOutput, FODTransformer
 from fod.scoring.head import (
     CalibratedHead,
     bank_entries,
     calibrate_head,
     fit_head,
+    model_outputs,
     raw_part_scores,
 )
 from fod.training.validation import BAND_MIN_HELDOUT
@@ -92,7 +93,8 @@ class CrossFit:
     """The heads that score new images (fitted on every image, calibrated out of fold), each
     fold's heads (with the same calibration), the folds, the fold of every image, and the
     images' out-of-fold standardised token scores, one (N, P, H_l, W_l) tensor per level,
-    and the raw scores they were standardised from, one (N, P, L) per level."""
+    the raw scores they were standardised from, one (N, P, L) per level, and every image's
+    transformer outputs, one per level (None with the paper part, whose scores need more)."""
 
     heads: list[CalibratedHead]
     fold_heads: list[list[CalibratedHead]]
@@ -100,6 +102,7 @@ class CrossFit:
     fold_of: Tensor
     scores: list[Tensor]
     raw: list[Tensor]
+    outputs: list[FODOutput] | None = None
 
 
 def crossfit_heads(
@@ -121,10 +124,18 @@ def crossfit_heads(
         "pool": config.nearest_pool,
         "pooled_bank_size": config.pooled_bank_size,
     }
+    # the transformers are fixed: run them once over every image, for every fit below
+    outputs: list[FODOutput] | None = None
+    if "paper" not in config.head_parts:
+        outputs = [
+            model_outputs(model, f, device=device)
+            for model, f in zip(models, features, strict=True)
+        ]
+    shared = outputs if outputs is not None else [None] * len(models)
     # the banks are selected once, from every image; each fold drops its own images' entries
     banks = [
-        bank_entries(config.head_parts, model, f, config.bank_size, **options)
-        for model, f in zip(models, features, strict=True)
+        bank_entries(config.head_parts, model, f, config.bank_size, outputs=o, **options)
+        for model, f, o in zip(models, features, shared, strict=True)
     ]
     fold_heads = [
         [
@@ -135,13 +146,14 @@ def crossfit_heads(
                 f[held],
                 config.bank_size,
                 banks=fold_banks(bank, fold_of, j),
+                outputs=None if o is None else (_rows(o, rest), _rows(o, held)),
                 **options,
             )
-            for model, f, bank in zip(models, features, banks, strict=True)
+            for model, f, bank, o in zip(models, features, banks, shared, strict=True)
         ]
         for j, (rest, held) in enumerate(zip(fold_rests(folds), folds, strict=True))
     ]
-    raw = out_of_fold_scores(fold_heads, folds, models, features, device)
+    raw = out_of_fold_scores(fold_heads, folds, models, features, device, outputs)
     final = []
     for level, (model, f) in enumerate(zip(models, features, strict=True)):
         shrinkage = {
@@ -157,11 +169,16 @@ def crossfit_heads(
                 config.bank_size,
                 shrinkage=shrinkage,
                 banks={part: entries for part, (entries, _) in banks[level].items()},
+                outputs=None if outputs is None else (outputs[level], None),
                 **options,
             )
         )
     scores = calibrate_folds(final, fold_heads, raw)
-    return CrossFit(final, fold_heads, folds, fold_of, scores, raw)
+    return CrossFit(final, fold_heads, folds, fold_of, scores, raw, outputs)
+
+
+def _rows(output: FODOutput, rows: Tensor) -> FODOutput:
+    return FODOutput(output.tokens[rows], output.reconstruction[rows])
 
 
 def fold_banks(
@@ -181,8 +198,10 @@ def out_of_fold_scores(
     models: Sequence[FODTransformer],
     features: Sequence[Tensor],
     device: str | torch.device = "cpu",
+    outputs: Sequence[FODOutput] | None = None,
 ) -> list[Tensor]:
-    """Per level, the (N, P, L) raw part scores of every image by the heads of its fold."""
+    """Per level, the (N, P, L) raw part scores of every image by the heads of its fold
+    (``outputs``: the features' :func:`~fod.scoring.head.model_outputs`, when at hand)."""
     n = int(features[0].shape[0])
     raw = []
     for level, (model, f) in enumerate(zip(models, features, strict=True)):
@@ -190,7 +209,8 @@ def out_of_fold_scores(
         for heads, held in zip(fold_heads, folds, strict=True):
             if not held.numel():  # a group no row belongs to (the validation's subset)
                 continue
-            scores = raw_part_scores(heads[level], model, f[held], device=device)
+            given = None if outputs is None else _rows(outputs[level], held)
+            scores = raw_part_scores(heads[level], model, f[held], device=device, outputs=given)
             if out is None:
                 out = torch.empty(n, *scores.shape[1:])
             out[held] = scores

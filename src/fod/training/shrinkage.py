@@ -120,11 +120,13 @@ def scored_rows(
     (``raw``: those raw scores, where the fit has them; ``outputs``: the transformer outputs,
     where the caller has them, ``[]`` where no candidate needs them)."""
     groups = [torch.nonzero(labels == j).flatten() for j in range(len(base.scorers))]
-    if raw is None:
-        raw = out_of_fold_scores(base.scorers, groups, models, features, device)
     if outputs is None:
         pairs = zip(models, features, strict=True)
         outputs = [model_outputs(m, f, device=device) for m, f in pairs]
+    if raw is None:
+        paper = "paper" in base.scorers[0][0].parts
+        given = outputs if outputs and not paper else None  # the transformers run once
+        raw = out_of_fold_scores(base.scorers, groups, models, features, device, given)
     return ScoredRows(outputs, groups, raw)
 
 
@@ -242,11 +244,12 @@ def validate_shrinkage(
     candidates = CANDIDATES if config.shrinkage == "validation" and gaussian else ()
     # every good image's transformer outputs, which the candidates' Gaussians are fitted on;
     # the held-out images' are cut from them (cross-fitted, the held-out images are all)
-    every = (
-        [model_outputs(m, f, device=device) for m, f in zip(models, features, strict=True)]
-        if candidates
-        else []
-    )
+    if not candidates:
+        every = []
+    elif result.crossfit is not None and result.crossfit.outputs is not None:
+        every = result.crossfit.outputs  # cross-fitting ran the transformers once already
+    else:
+        every = [model_outputs(m, f, device=device) for m, f in zip(models, features, strict=True)]
     if result.crossfit is not None or not candidates:
         held_outputs = every
     else:
