@@ -54,7 +54,10 @@ def test_fold_count_and_the_auto_rule():
 
 
 def test_config_key_default_legacy_and_error():
-    assert FODConfig().calibration == "auto"
+    # cross-fitted by default, on any number of images (auto, the default before, kept the
+    # slice from 98 images on)
+    assert FODConfig().calibration == "crossfit"
+    assert resolve_calibration(FODConfig().calibration, 761, 0.2) == "crossfit"
     with pytest.raises(ConfigError, match="calibration must be one of auto, holdout, crossfit"):
         FODConfig(calibration="folds")
     old = FODConfig().to_dict()
@@ -257,7 +260,7 @@ def test_cli_train_says_how_it_calibrated(generated, tmp_path, capsys):
         f"calibrated on all {n} good images, each held out by one of 5 cross-fitted folds of heads"
     ) in printed
     model = FOD.load(out, device="cpu")
-    assert model.config.calibration == "auto" and model.stats["calibration"] == "crossfit"
+    assert model.config.calibration == "crossfit" and model.stats["calibration"] == "crossfit"
     # the shrinkage line names the weight kept and every weight tried with its synthetic AUROC
     shrinkage = model.stats["validation"]["shrinkage"]
     chosen = shrinkage["chosen"]

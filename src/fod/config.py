@@ -93,9 +93,10 @@ BAND_MEMBERS: tuple[str, ...] = ("simplest", "all")
 #: holds out a seeded slice (``holdout``) that neither the transformers nor the heads see;
 #: ``crossfit`` splits the good images into round(1 / holdout) folds, scores each fold with
 #: heads fitted on the others (every image is held out once) and fits the transformers and
-#: the final heads on all of them; ``auto`` cross-fits when the slice would hold fewer than
+#: the final heads on all of them (the default: every image serves both the fit and the
+#: calibration); ``auto`` cross-fits when the slice would hold fewer than
 #: fod.training.validation.BAND_MIN_HELDOUT images (about 100 good images) and holds out
-#: a slice from there on.
+#: a slice from there on (the default before; a shorter run with many images).
 CALIBRATIONS: tuple[str, ...] = ("auto", "holdout", "crossfit")
 #: How the calibrated head's Gaussian parts choose their shrinkage towards a shared covariance
 #: (fod.training.shrinkage): ``likelihood`` the weight that gives the held-out good images the
@@ -174,7 +175,7 @@ class FODConfig:
     lambda2: float = 0.5
     seed: int = 3407
     holdout: float = 0.2
-    calibration: str = "auto"
+    calibration: str = "crossfit"
     shrinkage: str = "validation"
     bank_size: int = 32768
     pooled_bank_size: int = 8192

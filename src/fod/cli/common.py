@@ -231,8 +231,9 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         choices=CALIBRATIONS,
         help="holdout: hold out that fraction of the good images from the transformers and the "
         "heads; crossfit: split the good images into 1 / holdout folds, score each with heads "
-        "fitted on the others, train on all of them; auto: crossfit while the held-out "
-        f"fraction would be under {BAND_MIN_HELDOUT} images, holdout from there on "
+        "fitted on the others, train on all of them (five head fits: a longer run); auto: "
+        f"crossfit while the held-out fraction would be under {BAND_MIN_HELDOUT} images, "
+        "holdout from there on "
         f"(default: {d.calibration})",
     )
     g.add_argument(

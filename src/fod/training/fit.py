@@ -1,12 +1,12 @@
 """A whole fit: split off held-out good images, train the transformers, fit the heads.
 
 With the paper's head every good image is trained on (spec section 5) and there is nothing
-more to fit. With the calibrated head a seeded slice of the good images (``config.holdout``)
-is held out: the transformers and the heads' statistics see only the rest, and the held-out
-images give each head's centre and scale and the decision threshold, so both come from
-images the model has never seen, as test images will be. With few good images the heads are
-cross-fitted instead (``config.calibration``, :mod:`fod.training.crossfit`): every image is
-held out once, by the heads of one fold.
+more to fit. The calibrated head needs scores of good images its statistics have not seen,
+for each part's centre and scale and the decision threshold, as test images will be. By
+default the heads are cross-fitted (``config.calibration``, :mod:`fod.training.crossfit`):
+every image is held out once, by the heads of one fold, and the transformers and the heads
+for new images see every image. ``holdout`` holds out a seeded slice (``config.holdout``)
+instead, which neither the transformers nor the heads see: one head fit, a shorter run.
 """
 
 from __future__ import annotations
