@@ -154,7 +154,7 @@ def test_crossfit_heads_equal_heads_fitted_fold_by_fold():
             assert torch.equal(fold.pooled_bank, banks["pooled"])
             assert fold.shrinkage == head.shrinkage
             assert torch.allclose(fold.residual_mean, head.residual_mean, rtol=0, atol=1e-6)
-            assert torch.allclose(fold.residual_precision, head.residual_precision, rtol=1e-5)
+            assert torch.allclose(fold.residual_precision, head.residual_precision, atol=1e-5)
         flat = raw.transpose(0, 1).reshape(3, -1)
         assert torch.allclose(final.center, flat.mean(1), rtol=1e-5)
         assert torch.allclose(final.scale, flat.std(1), rtol=1e-5)
