@@ -688,10 +688,10 @@ def test_fit_scores_each_held_out_image_once(generated, monkeypatch):
 
     groups: list[torch.Tensor] = []
 
-    def counted(scorers, given, models, features, device="cpu"):
+    def counted(scorers, given, models, features, device="cpu", outputs=None):
         rows.append(sum(int(g.numel()) for g in given))
         groups[:] = given
-        return scored(scorers, given, models, features, device)
+        return scored(scorers, given, models, features, device, outputs)
 
     monkeypatch.setattr(shrinkage, "out_of_fold_scores", counted)
     config = tiny_config(calibration="holdout")
