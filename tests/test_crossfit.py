@@ -10,7 +10,7 @@ from conftest import fold_routed_scores, tiny_config
 
 from fod.config import ConfigError, FODConfig, legacy_config
 from fod.errors import DataError
-from fod.model import FODTransformer, LevelSpec, Variant
+from fod.model import FODOutput, FODTransformer, LevelSpec, Variant
 from fod.scoring.head import fit_head, model_outputs, raw_part_scores
 from fod.scoring.normality import fit_gaussian, local_average
 from fod.training import fit
@@ -72,6 +72,16 @@ def _level(n: int = 12, seed: int = 0) -> tuple[FODTransformer, torch.Tensor]:
     features = torch.randn(n, 5, 3, 3, generator=g)
     model = FODTransformer(spec, Variant(), reference=features.mean(0, keepdim=True)).eval()
     return model, features
+
+
+def test_output_rows_pick_every_field_of_the_chosen_images():
+    g = torch.Generator().manual_seed(5)
+    x, r, d = (torch.randn(6, 4, 3, generator=g) for _ in range(3))
+    out = FODOutput(x, r, div_intra=d[..., 0])
+    pick = torch.tensor([4, 1])
+    got = out.rows(pick)
+    assert torch.equal(got.tokens, x[pick]) and torch.equal(got.reconstruction, r[pick])
+    assert torch.equal(got.div_intra, d[pick, :, 0]) and got.div_inter is None
 
 
 def test_crossfit_runs_the_transformer_once_except_for_the_paper_part():

@@ -26,3 +26,12 @@ class FODOutput:
     ent_intra: Tensor | None = None
     div_inter: Tensor | None = None
     ent_inter: Tensor | None = None
+
+    def rows(self, index: Tensor) -> FODOutput:
+        """The outputs of the images ``index`` picks (a slice of a pass over more images)."""
+        optional = (self.div_intra, self.ent_intra, self.div_inter, self.ent_inter)
+        return FODOutput(
+            self.tokens[index],
+            self.reconstruction[index],
+            *(None if t is None else t[index] for t in optional),
+        )

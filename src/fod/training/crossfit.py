@@ -149,7 +149,7 @@ def crossfit_heads(
                 f[held],
                 config.bank_size,
                 banks=fold_banks(bank, fold_of, j),
-                outputs=None if o is None else (_rows(o, rest), _rows(o, held)),
+                outputs=None if o is None else (o.rows(rest), o.rows(held)),
                 **options,
             )
             for model, f, bank, o in zip(models, features, banks, shared, strict=True)
@@ -180,10 +180,6 @@ def crossfit_heads(
     return CrossFit(final, fold_heads, folds, fold_of, scores, raw, outputs)
 
 
-def _rows(output: FODOutput, rows: Tensor) -> FODOutput:
-    return FODOutput(output.tokens[rows], output.reconstruction[rows])
-
-
 def fold_banks(
     banks: Mapping[str, tuple[Tensor, Tensor]], fold_of: Tensor, fold: int
 ) -> dict[str, Tensor]:
@@ -212,7 +208,7 @@ def out_of_fold_scores(
         for heads, held in zip(fold_heads, folds, strict=True):
             if not held.numel():  # a group no row belongs to (the validation's subset)
                 continue
-            given = None if outputs is None else _rows(outputs[level], held)
+            given = None if outputs is None else outputs[level].rows(held)
             scores = raw_part_scores(heads[level], model, f[held], device=device, outputs=given)
             if out is None:
                 out = torch.empty(n, *scores.shape[1:])

@@ -130,10 +130,6 @@ def scored_rows(
     return ScoredRows(outputs, groups, raw)
 
 
-def _rows_of(output: FODOutput, rows: Tensor) -> FODOutput:
-    return FODOutput(output.tokens[rows], output.reconstruction[rows])
-
-
 def fit_moments(
     result: FitResult, every: Sequence[FODOutput], parts: Sequence[str]
 ) -> list[list[dict[str, GaussianMoments]]]:
@@ -147,7 +143,7 @@ def fit_moments(
         raise ValueError("the fit held no images out (the paper's head)")
     else:
         rests = [result.fit_indices]
-    return [[gaussian_inputs(parts, _rows_of(o, rest)) for o in every] for rest in rests]
+    return [[gaussian_inputs(parts, o.rows(rest)) for o in every] for rest in rests]
 
 
 def _standardised(head: CalibratedHead, raw: Tensor) -> Tensor:
@@ -165,7 +161,7 @@ def _with_gaussians(rows: ScoredRows, scorers: Sequence[Sequence[CalibratedHead]
         columns = torch.tensor([i for i, part in enumerate(parts) if part in GAUSSIAN_PARTS])
         for heads, group in zip(scorers, rows.groups, strict=True):
             if group.numel():
-                scores = gaussian_part_scores(heads[level], _rows_of(output, group))
+                scores = gaussian_part_scores(heads[level], output.rows(group))
                 raw[group.unsqueeze(1), columns.unsqueeze(0)] = scores
         out.append(raw)
     return out
@@ -253,7 +249,7 @@ def validate_shrinkage(
     if result.crossfit is not None or not candidates:
         held_outputs = every
     else:
-        held_outputs = [_rows_of(o, result.holdout_indices) for o in every]
+        held_outputs = [o.rows(result.holdout_indices) for o in every]
     own = result.crossfit.raw if result.crossfit is not None else None
     good = scored_rows(
         base, models, result.holdout, good_labels, device, raw=own, outputs=held_outputs
