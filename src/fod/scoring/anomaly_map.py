@@ -76,16 +76,10 @@ def gaussian_blur(maps: Tensor, sigma: float = DEFAULT_SIGMA) -> Tensor:
 
 @lru_cache(maxsize=32)
 def _smoothing_matrix(n: int, size: int, sigma: float) -> Tensor:
-    eye = torch.eye(n, dtype=torch.float64).view(n, 1, 1, n)
-    up = F.interpolate(eye, size=(1, size), mode="bilinear", align_corners=False)
-    up = up.view(n, size).T  # (size, n): column j is the upsampled unit vector e_j
-    kernel = gaussian_kernel(sigma)
-    padded = reflect_indices(size, (kernel.numel() - 1) // 2)
-    blur = torch.zeros(size, size, dtype=torch.float64)
-    rows = torch.arange(size)
-    for t, weight in enumerate(kernel):  # blur[i, padded[i + t]] += kernel[t], as the conv
-        blur.index_put_((rows, padded[rows + t]), weight.expand(size), accumulate=True)
-    return blur @ up
+    # column j: the unit vector e_j as a 1 x n map, upsampled and blurred by the functions
+    # above (a 1-pixel axis passes the blur unchanged)
+    units = torch.eye(n, dtype=torch.float64).unsqueeze(1)  # (n, 1, n)
+    return gaussian_blur(anomaly_map([units], (1, size)), sigma).squeeze(1).T
 
 
 def smoothing_matrix(n: int, size: int, sigma: float = DEFAULT_SIGMA) -> Tensor:
@@ -94,8 +88,6 @@ def smoothing_matrix(n: int, size: int, sigma: float = DEFAULT_SIGMA) -> Tensor:
     and act on each axis apart, so ``A_h @ z @ A_w.T`` is the blurred upsampled map."""
     if n < 1 or size < 1:
         raise ValueError(f"cannot upsample {n} to {size}")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
     return _smoothing_matrix(int(n), int(size), float(sigma))
 
 
